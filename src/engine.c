@@ -1,0 +1,1096 @@
+/*-------------------------------------------------------------------------
+ *
+ * engine.c
+ *	  Advance a run: enter a state, run its actions, choose the next event,
+ *	  leave, and repeat until the run waits, finishes, or reaches a step
+ *	  that only the worker can perform.
+ *
+ * Run semantics (docs/semantics.md is the user-facing statement):
+ *	  - entering a state runs onEntry, then actions, in order; an action's
+ *		result is stored in the context under its "output";
+ *	  - the next event is, in order: "error" if an action failed; the
+ *		"event" of an sql result; the event of the first true condition;
+ *		"always" if the state has it; otherwise the run waits;
+ *	  - leaving a state runs onExit; entering a final state runs its
+ *		actions and completes the run;
+ *	  - an asynchronous action (http, llm, nlu, tool) becomes a pending
+ *		step; the run stays "running" with a cursor saying where to resume,
+ *		and events that arrive meanwhile queue in its inbox.
+ *
+ * Transactions and locks: everything happens in the caller's transaction.
+ * An existing run is locked FOR UPDATE (catalog.c) before it is read, so
+ * concurrent calls on one run serialise.  Rows produced by one call are
+ * buffered and written once at the end; the NOTIFYs are queued then too,
+ * so they are delivered at commit and never on rollback.
+ *
+ * Memory: all per-call state is palloc'd in the caller's context.  The
+ * Duktape scope is closed in PG_FINALLY, so an error leaves nothing of the
+ * run in the expression heap.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flow_engine.h"
+
+#include "commands/async.h"
+#include "common/pg_prng.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+typedef enum FeActResult
+{
+	FE_ACT_OK,
+	FE_ACT_ASYNC,
+	FE_ACT_FAILED
+} FeActResult;
+
+typedef struct FeNote
+{
+	int			seq;
+	char	   *event;
+	char	   *from;
+	char	   *to;
+} FeNote;
+
+/* One engine call on one run. */
+typedef struct FeExec
+{
+	FeFlow	   *flow;
+	FeRunRow	row;
+	bool		is_new;
+	char	   *initial_status;
+
+	int			state;
+	FePhase		phase;
+	int			index;			/* next action of the phase */
+	bool		failed;			/* an action of this state failed */
+	char	   *result_event;	/* from an sql result */
+	char	   *payload;		/* the event payload visible as `event` */
+	char	   *error;			/* why an action of this state failed */
+
+	/* the transition being taken (set when leaving) */
+	char	   *next_event;
+	const char *next_source;
+	int			next_target;
+	int			next_event_seq; /* inbox row being consumed, or 0 */
+
+	int			transitions;
+	bool		finished;
+	List	   *steps;
+	List	   *events;
+	List	   *messages;
+	List	   *notes;
+} FeExec;
+
+static const char *fe_phase_names[] = {"onEntry", "actions", "onExit"};
+
+/* Runs being advanced by this backend right now (re-entry guard). */
+static List *fe_active_runs = NIL;
+
+/* ---------------------------------------------------------------------
+ * Errors recorded in rows
+ * ---------------------------------------------------------------------
+ */
+static char *
+fe_error_json(FeExec *x, int sqlstate, const char *message, const char *detail,
+			  const char *hint, const char *executor, const char *expression)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"sqlstate\": %s, \"message\": %s",
+					 FeJsonQuote(unpack_sql_state(sqlstate)), FeJsonQuote(message));
+	if (detail)
+		appendStringInfo(&b, ", \"detail\": %s", FeJsonQuote(detail));
+	if (hint)
+		appendStringInfo(&b, ", \"hint\": %s", FeJsonQuote(hint));
+	appendStringInfo(&b, ", \"flow\": %s, \"version\": %d, \"state\": %s",
+					 FeJsonQuote(x->flow->name), x->flow->version,
+					 FeJsonQuote(x->flow->states[x->state].name));
+	if (executor)
+		appendStringInfo(&b, ", \"phase\": %s, \"action\": %d, \"executor\": %s",
+						 FeJsonQuote(fe_phase_names[x->phase]), x->index,
+						 FeJsonQuote(executor));
+	if (expression)
+		appendStringInfo(&b, ", \"expression\": %s", FeJsonQuote(expression));
+	appendStringInfoChar(&b, '}');
+	return b.data;
+}
+
+static char *
+fe_expr_error(FeExec *x, FeEvalResult *r, const char *executor)
+{
+	const char *expr = "?";
+
+	if (r->failed_expr >= 0 && r->failed_expr < list_length(x->flow->exprs))
+		expr = ((FeExprSource *) list_nth(x->flow->exprs, r->failed_expr))->text;
+	return fe_error_json(x, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+						 psprintf("expression \"%s\" failed in state \"%s\" of flow \"%s\"",
+								  expr, x->flow->states[x->state].name, x->flow->name),
+						 psprintf("%s.", r->error), NULL, executor, expr);
+}
+
+/* ---------------------------------------------------------------------
+ * Bookkeeping
+ * ---------------------------------------------------------------------
+ */
+static FeStepRow *
+fe_step(FeExec *x, FeAction *a, TimestampTz started)
+{
+	FeStepRow  *s = palloc0(sizeof(FeStepRow));
+
+	s->seq = ++x->row.step_seq;
+	s->state = x->flow->states[x->state].name;
+	s->phase = fe_phase_names[x->phase];
+	s->action = x->index;
+	s->executor = a->executor_name;
+	s->started_at = started;
+	x->steps = lappend(x->steps, s);
+	return s;
+}
+
+static void
+fe_step_done(FeStepRow *s, const char *status, char *output, char *error)
+{
+	s->status = status;
+	s->output = output;
+	s->error = error;
+	s->finished_at = GetCurrentTimestamp();
+}
+
+static void
+fe_fail_run(FeExec *x, char *error)
+{
+	x->row.status = "failed";
+	x->row.error = error;
+	x->row.cursor = NULL;
+	x->finished = true;
+}
+
+/* A JSON string value's text, or the JSON text itself for other values. */
+static char *
+fe_json_text(const char *json)
+{
+	if (json[0] == '"')
+	{
+		Jsonb	   *j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+		JsonbValue	v;
+
+		if (JsonbExtractScalar(&j->root, &v) && v.type == jbvString)
+			return pnstrdup(v.val.string.val, v.val.string.len);
+	}
+	return pstrdup(json);
+}
+
+/* ---------------------------------------------------------------------
+ * Executors
+ * ---------------------------------------------------------------------
+ */
+static FeActResult
+fe_act(FeExec *x, FeAction *a, char **error)
+{
+	FeStepRow  *s = fe_step(x, a, GetCurrentTimestamp());
+	FeEvalResult r;
+	char	   *output = NULL;
+	char	   *err = NULL;
+
+	switch (a->executor)
+	{
+		case FE_EXEC_SET:
+			{
+				StringInfoData b;
+				int			i;
+
+				initStringInfo(&b);
+				appendStringInfoChar(&b, '{');
+				for (i = 0; i < a->nset; i++)
+				{
+					r = FeExprAssign(a->set_names[i], a->set_values[i]);
+					if (!r.ok)
+					{
+						*error = fe_expr_error(x, &r, a->executor_name);
+						fe_step_done(s, "failed", NULL, *error);
+						return FE_ACT_FAILED;
+					}
+					appendStringInfo(&b, "%s%s: %s", i ? ", " : "",
+									 FeJsonQuote(a->set_names[i]), r.json);
+				}
+				appendStringInfoChar(&b, '}');
+				output = b.data;
+				break;
+			}
+		case FE_EXEC_RESPOND:
+			{
+				FeMessageRow *m;
+
+				r = FeExprEvalTemplate(a->respond_text);
+				if (!r.ok)
+				{
+					*error = fe_expr_error(x, &r, a->executor_name);
+					fe_step_done(s, "failed", NULL, *error);
+					return FE_ACT_FAILED;
+				}
+				m = palloc0(sizeof(FeMessageRow));
+				m->seq = ++x->row.message_seq;
+				m->role = "assistant";
+				m->content = fe_json_text(r.json);
+				x->messages = lappend(x->messages, m);
+				x->row.response = m->content;
+				output = psprintf("{\"text\": %s}", FeJsonQuote(m->content));
+				if (a->output && !FeExprAssignJson(a->output, FeJsonQuote(m->content), &err))
+					break;
+				fe_step_done(s, "completed", output, NULL);
+				return FE_ACT_OK;
+			}
+		case FE_EXEC_SQL:
+			{
+				char	   *args = "{}";
+				Jsonb	   *result;
+				ErrorData  *edata = NULL;
+
+				if (a->sql_args)
+				{
+					r = FeExprEvalTemplate(a->sql_args);
+					if (!r.ok)
+					{
+						*error = fe_expr_error(x, &r, a->executor_name);
+						fe_step_done(s, "failed", NULL, *error);
+						return FE_ACT_FAILED;
+					}
+					args = r.json;
+				}
+				s->input = args;
+				result = FeCatalogCallSql(a->sql_function, args, &edata);
+				if (edata)
+				{
+					*error = fe_error_json(x, edata->sqlerrcode,
+										   psprintf("sql step %s failed in state \"%s\" of flow \"%s\": %s",
+													a->sql_function, x->flow->states[x->state].name,
+													x->flow->name, edata->message),
+										   edata->detail, edata->hint, a->executor_name, NULL);
+					fe_step_done(s, "failed", NULL, *error);
+					return FE_ACT_FAILED;
+				}
+				output = result ? FeJsonbToText(result) : pstrdup("null");
+				if (result && JB_ROOT_IS_OBJECT(result))
+				{
+					JsonbValue	v;
+
+					if (getKeyJsonValueFromContainer(&result->root, "event", 5, &v) &&
+						v.type == jbvString)
+						x->result_event = pnstrdup(v.val.string.val, v.val.string.len);
+				}
+				break;
+			}
+		case FE_EXEC_HTTP:
+		case FE_EXEC_LLM:
+		case FE_EXEC_NLU:
+		case FE_EXEC_TOOL:
+			if (a->config)
+			{
+				r = FeExprEvalTemplate(a->config);
+				if (!r.ok)
+				{
+					*error = fe_expr_error(x, &r, a->executor_name);
+					fe_step_done(s, "failed", NULL, *error);
+					return FE_ACT_FAILED;
+				}
+				s->input = r.json;
+			}
+			else
+				s->input = "{}";
+			s->status = "pending";
+			return FE_ACT_ASYNC;
+	}
+
+	if (err == NULL && a->output && output)
+		(void) FeExprAssignJson(a->output, output, &err);
+	if (err)
+	{
+		*error = fe_error_json(x, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+							   psprintf("could not store the result of a %s step in variable \"%s\"",
+										a->executor_name, a->output),
+							   psprintf("%s.", err), NULL, a->executor_name, NULL);
+		fe_step_done(s, "failed", NULL, *error);
+		return FE_ACT_FAILED;
+	}
+	fe_step_done(s, "completed", output, NULL);
+	return FE_ACT_OK;
+}
+
+/* ---------------------------------------------------------------------
+ * The cursor: where a run resumes when its pending step completes
+ * ---------------------------------------------------------------------
+ */
+static char *
+fe_cursor_json(FeExec *x, int step)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"step\": %d, \"phase\": %d, \"index\": %d, \"failed\": %s",
+					 step, (int) x->phase, x->index, x->failed ? "true" : "false");
+	if (x->result_event)
+		appendStringInfo(&b, ", \"result_event\": %s", FeJsonQuote(x->result_event));
+	if (x->error)
+		appendStringInfo(&b, ", \"error\": %s", x->error);
+	if (x->payload)
+		appendStringInfo(&b, ", \"payload\": %s", x->payload);
+	if (x->phase == FE_PHASE_EXIT)
+		appendStringInfo(&b, ", \"event\": %s, \"source\": %s, \"target\": %d, \"event_seq\": %d",
+						 FeJsonQuote(x->next_event), FeJsonQuote(x->next_source),
+						 x->next_target, x->next_event_seq);
+	appendStringInfoChar(&b, '}');
+	return b.data;
+}
+
+static bool
+fe_cursor_get(Jsonb *c, const char *key, JsonbValue *v)
+{
+	return getKeyJsonValueFromContainer(&c->root, key, strlen(key), v) != NULL &&
+		v->type != jbvNull;
+}
+
+static int
+fe_cursor_int(Jsonb *c, const char *key)
+{
+	JsonbValue	v;
+
+	if (!fe_cursor_get(c, key, &v) || v.type != jbvNumeric)
+		return 0;
+	return DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v.val.numeric)));
+}
+
+static char *
+fe_cursor_str(Jsonb *c, const char *key)
+{
+	JsonbValue	v;
+
+	if (!fe_cursor_get(c, key, &v) || v.type != jbvString)
+		return NULL;
+	return pnstrdup(v.val.string.val, v.val.string.len);
+}
+
+/* Restore x from the run's cursor; returns the pending step's seq. */
+static int
+fe_cursor_restore(FeExec *x)
+{
+	Jsonb	   *c = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(x->row.cursor)));
+	JsonbValue	v;
+
+	x->phase = (FePhase) fe_cursor_int(c, "phase");
+	x->index = fe_cursor_int(c, "index");
+	x->failed = fe_cursor_get(c, "failed", &v) && v.type == jbvBool && v.val.boolean;
+	x->result_event = fe_cursor_str(c, "result_event");
+	if (fe_cursor_get(c, "error", &v))
+		x->error = FeJsonbToText(JsonbValueToJsonb(&v));
+	if (fe_cursor_get(c, "payload", &v))
+	{
+		Jsonb	   *p = JsonbValueToJsonb(&v);
+
+		x->payload = FeJsonbToText(p);
+	}
+	if (x->phase == FE_PHASE_EXIT)
+	{
+		x->next_event = fe_cursor_str(c, "event");
+		x->next_source = fe_cursor_str(c, "source");
+		x->next_target = fe_cursor_int(c, "target");
+		x->next_event_seq = fe_cursor_int(c, "event_seq");
+	}
+	return fe_cursor_int(c, "step");
+}
+
+/* ---------------------------------------------------------------------
+ * The loop
+ * ---------------------------------------------------------------------
+ */
+static void
+fe_take(FeExec *x, const char *event, const char *source, int target, int inbox_seq)
+{
+	x->next_event = pstrdup(event);
+	x->next_source = source;
+	x->next_target = target;
+	x->next_event_seq = inbox_seq;
+	x->phase = FE_PHASE_EXIT;
+	x->index = 0;
+}
+
+/*
+ * Route a failure: to the state's "error" transition if it has one (and we
+ * are not already leaving through it), else fail the run.
+ */
+static bool
+fe_route_error(FeExec *x, char *error)
+{
+	FeState    *st = &x->flow->states[x->state];
+	FeTransition *t = FeStateTransition(st, "error");
+
+	if (t == NULL || st->final ||
+		(x->phase == FE_PHASE_EXIT && x->next_event && strcmp(x->next_event, "error") == 0))
+	{
+		fe_fail_run(x, error);
+		return false;
+	}
+	/* the error becomes the payload of the "error" event */
+	x->payload = error;
+	FeExprScopeSetEvent(error);
+	fe_take(x, "error", "error", t->target, 0);
+	return true;
+}
+
+static void
+fe_record_transition(FeExec *x, const char *event, const char *source,
+					 const char *from, const char *to, int inbox_seq)
+{
+	FeNote	   *n = palloc0(sizeof(FeNote));
+
+	if (inbox_seq > 0)
+	{
+		FeCatalogConsumeEvent(&x->row.id, inbox_seq, "consumed", from, to);
+		n->seq = inbox_seq;
+	}
+	else
+	{
+		FeEventRow *e = palloc0(sizeof(FeEventRow));
+
+		e->seq = ++x->row.event_seq;
+		e->event = pstrdup(event);
+		e->source = source;
+		e->payload = (strcmp(source, "external") == 0 ||
+					  strcmp(source, "error") == 0) ? x->payload : NULL;
+		e->status = "consumed";
+		e->from_state = (char *) from;
+		e->to_state = (char *) to;
+		x->events = lappend(x->events, e);
+		n->seq = e->seq;
+	}
+	n->event = pstrdup(event);
+	n->from = (char *) from;
+	n->to = (char *) to;
+	x->notes = lappend(x->notes, n);
+}
+
+/* Deliver an external event to a waiting run. */
+static void
+fe_deliver(FeExec *x, const char *event, const char *payload, int inbox_seq)
+{
+	FeTransition *t = FeStateTransition(&x->flow->states[x->state], event);
+
+	x->payload = payload ? pstrdup(payload) : pstrdup("{}");
+	FeExprScopeSetEvent(x->payload);
+	fe_take(x, event, "external", t->target, inbox_seq);
+}
+
+/* Is `event` one a waiting run in state st takes from outside? */
+static bool
+fe_accepts(FeState *st, const char *event)
+{
+	return strcmp(event, "always") != 0 && FeStateTransition(st, event) != NULL;
+}
+
+/* Take the next acceptable event from the inbox; false if none. */
+static bool
+fe_drain_inbox(FeExec *x)
+{
+	while (x->row.queued_events > 0)
+	{
+		int			seq;
+		char	   *event;
+		char	   *payload;
+		FeState    *st = &x->flow->states[x->state];
+
+		if (!FeCatalogNextQueuedEvent(&x->row.id, &seq, &event, &payload))
+		{
+			x->row.queued_events = 0;
+			return false;
+		}
+		x->row.queued_events--;
+		if (!fe_accepts(st, event))
+		{
+			/* recorded, not lost: the row keeps the event and why it was refused */
+			FeCatalogConsumeEvent(&x->row.id, seq, "rejected", st->name, NULL);
+			continue;
+		}
+		fe_deliver(x, event, payload, seq);
+		return true;
+	}
+	return false;
+}
+
+static void
+fe_decide(FeExec *x)
+{
+	FeState    *st = &x->flow->states[x->state];
+	FeTransition *t;
+	int			i;
+
+	if (st->final && x->failed)
+	{
+		fe_fail_run(x, x->error);
+		return;
+	}
+	if (st->final)
+	{
+		x->row.status = "completed";
+		x->row.cursor = NULL;
+		x->finished = true;
+		return;
+	}
+	if (x->failed)
+	{
+		(void) fe_route_error(x, x->error);
+		return;
+	}
+	if (x->result_event)
+	{
+		t = FeStateTransition(st, x->result_event);
+		if (t == NULL)
+		{
+			(void) fe_route_error(x,
+								  fe_error_json(x, ERRCODE_INVALID_PARAMETER_VALUE,
+												psprintf("state \"%s\" of flow \"%s\" has no transition for event \"%s\"",
+														 st->name, x->flow->name, x->result_event),
+												"An sql step returned this event.",
+												psprintf("The state has transitions for: %s.",
+														 FeStateAcceptedEvents(st)),
+												NULL, NULL));
+			return;
+		}
+		fe_take(x, x->result_event, "result", t->target, 0);
+		return;
+	}
+	for (i = 0; i < st->nconditions; i++)
+	{
+		FeEvalResult r = FeExprEvalCondition(st->conditions[i].expr);
+
+		if (!r.ok)
+		{
+			(void) fe_route_error(x, fe_expr_error(x, &r, NULL));
+			return;
+		}
+		if (r.truth)
+		{
+			t = FeStateTransition(st, st->conditions[i].event);
+			fe_take(x, st->conditions[i].event, "condition", t->target, 0);
+			return;
+		}
+	}
+	t = FeStateTransition(st, "always");
+	if (t)
+	{
+		fe_take(x, "always", "always", t->target, 0);
+		return;
+	}
+	/* nothing to do on our own: wait, unless the inbox has something */
+	x->row.status = "waiting";
+	x->row.cursor = NULL;
+	if (!fe_drain_inbox(x))
+		x->finished = true;		/* for this call */
+}
+
+static void
+fe_enter(FeExec *x)
+{
+	FeState    *from = &x->flow->states[x->state];
+	FeState    *to = &x->flow->states[x->next_target];
+
+	if (++x->transitions > fe_max_transitions)
+	{
+		fe_fail_run(x, fe_error_json(x, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+									 psprintf("run of flow \"%s\" made more than %d transitions in one call",
+											  x->flow->name, fe_max_transitions),
+									 "The flow probably loops without waiting for an event.",
+									 "Raise flow_engine.max_transitions, or make the loop wait for an event.",
+									 NULL, NULL));
+		return;
+	}
+	fe_record_transition(x, x->next_event, x->next_source, from->name, to->name,
+						 x->next_event_seq);
+	x->state = x->next_target;
+	x->row.state = to->name;
+	x->row.status = "running";
+	x->phase = FE_PHASE_ENTRY;
+	x->index = 0;
+	x->failed = false;
+	x->error = NULL;
+	x->result_event = NULL;
+	x->next_event = NULL;
+	x->next_event_seq = 0;
+}
+
+/* Run until the run waits, finishes, or parks on an asynchronous step. */
+static void
+fe_run(FeExec *x)
+{
+	while (!x->finished)
+	{
+		FeState    *st = &x->flow->states[x->state];
+
+		CHECK_FOR_INTERRUPTS();
+		if (x->index < st->nactions[x->phase] &&
+			!(x->failed && x->phase != FE_PHASE_EXIT))
+		{
+			FeAction   *a = &st->actions[x->phase][x->index];
+			char	   *error = NULL;
+
+			switch (fe_act(x, a, &error))
+			{
+				case FE_ACT_OK:
+					x->index++;
+					break;
+				case FE_ACT_ASYNC:
+					x->row.status = "running";
+					x->row.cursor = fe_cursor_json(x, x->row.step_seq);
+					return;
+				case FE_ACT_FAILED:
+					if (x->phase == FE_PHASE_EXIT)
+						(void) fe_route_error(x, error);
+					else
+					{
+						x->failed = true;
+						x->error = error;
+						x->index = st->nactions[x->phase];
+					}
+					break;
+			}
+			continue;
+		}
+		switch (x->phase)
+		{
+			case FE_PHASE_ENTRY:
+				x->phase = FE_PHASE_ACTIONS;
+				x->index = 0;
+				break;
+			case FE_PHASE_ACTIONS:
+				fe_decide(x);
+				break;
+			case FE_PHASE_EXIT:
+				fe_enter(x);
+				break;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Calls
+ * ---------------------------------------------------------------------
+ */
+static void
+fe_notify(FeExec *x)
+{
+	ListCell   *lc;
+	char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&x->row.id)));
+	int			i = 0;
+
+	if (x->notes == NIL && strcmp(x->initial_status, x->row.status) != 0)
+	{
+		FeNote	   *n = palloc0(sizeof(FeNote));
+
+		n->seq = x->row.event_seq;
+		n->to = x->row.state;
+		x->notes = list_make1(n);
+	}
+	foreach(lc, x->notes)
+	{
+		FeNote	   *n = (FeNote *) lfirst(lc);
+		bool		last = (++i == list_length(x->notes));
+		StringInfoData b;
+
+		initStringInfo(&b);
+		appendStringInfo(&b, "{\"run\": \"%s\", \"flow\": %s, \"version\": %d, \"seq\": %d, "
+						 "\"event\": %s, \"from\": %s, \"state\": %s, \"status\": \"%s\"}",
+						 id, FeJsonQuote(x->flow->name), x->flow->version, n->seq,
+						 n->event ? FeJsonQuote(n->event) : "null",
+						 n->from ? FeJsonQuote(n->from) : "null",
+						 FeJsonQuote(n->to), last ? x->row.status : "running");
+		Async_Notify(FE_CHANNEL, b.data);
+	}
+}
+
+static FeRunResult *
+fe_result(FeExec *x, Jsonb *context)
+{
+	FeRunResult *r = palloc0(sizeof(FeRunResult));
+
+	memcpy(&r->id, &x->row.id, sizeof(pg_uuid_t));
+	r->flow = x->row.flow;
+	r->version = x->row.version;
+	r->status = x->row.status;
+	r->state = x->row.state;
+	r->context = context;
+	r->response = x->row.response;
+	r->error = x->row.error;
+	return r;
+}
+
+/* Write everything the call produced, and queue its notifications. */
+static FeRunResult *
+fe_persist(FeExec *x)
+{
+	char	   *err = NULL;
+	Jsonb	   *context;
+	bool		done = strcmp(x->row.status, "completed") == 0 ||
+		strcmp(x->row.status, "failed") == 0 ||
+		strcmp(x->row.status, "cancelled") == 0;
+
+	x->row.context = FeExprScopeContext(&err);
+	if (x->row.context == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("could not serialise the context of a run of flow \"%s\"", x->flow->name),
+				 errdetail("%s.", err)));
+	FeCatalogSaveRun(&x->row, x->is_new, done, &context);
+	FeCatalogInsertSteps(&x->row.id, x->steps);
+	FeCatalogInsertEvents(&x->row.id, x->events);
+	FeCatalogInsertMessages(&x->row.id, x->messages);
+	fe_notify(x);
+	return fe_result(x, context);
+}
+
+static bool
+fe_is_active(pg_uuid_t *id)
+{
+	ListCell   *lc;
+
+	foreach(lc, fe_active_runs)
+		if (memcmp(lfirst(lc), id, sizeof(pg_uuid_t)) == 0)
+			return true;
+	return false;
+}
+
+/* Body of a call: open the scope, run `body`, persist; always clean up. */
+typedef void (*FeBody) (FeExec *x, void *arg);
+
+static FeRunResult *
+fe_call(FeExec *x, FeBody body, void *arg)
+{
+	FeRunResult *volatile result = NULL;
+	pg_uuid_t  *id;
+	char	   *err = NULL;
+	MemoryContext old;
+
+	if (fe_is_active(&x->row.id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("flow run %s is already being advanced",
+						DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&x->row.id)))),
+				 errdetail("An sql step of the run tried to advance the same run."),
+				 errhint("Return {\"event\": ...} from the sql step instead.")));
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	id = palloc(sizeof(pg_uuid_t));
+	memcpy(id, &x->row.id, sizeof(pg_uuid_t));
+	fe_active_runs = lappend(fe_active_runs, id);
+	MemoryContextSwitchTo(old);
+
+	if (!FeExprScopeOpen(x->flow->cache_key, x->row.context, &err))
+	{
+		fe_active_runs = list_delete_ptr(fe_active_runs, id);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("could not load the context of a run of flow \"%s\"", x->flow->name),
+				 errdetail("%s.", err)));
+	}
+	PG_TRY();
+	{
+		body(x, arg);
+		result = fe_persist(x);
+	}
+	PG_FINALLY();
+	{
+		FeExprScopeClose();
+		fe_active_runs = list_delete_ptr(fe_active_runs, id);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static void
+fe_exec_init(FeExec *x, FeFlow *flow, FeRunRow *row, bool is_new)
+{
+	memset(x, 0, sizeof(FeExec));
+	x->flow = flow;
+	x->row = *row;
+	x->is_new = is_new;
+	x->initial_status = pstrdup(row->status);
+	x->state = FeFlowStateIndex(flow, row->state);
+	if (x->state < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("run of flow \"%s\" is in state \"%s\", which version %d does not have",
+						flow->name, row->state, flow->version)));
+	x->phase = FE_PHASE_ACTIONS;
+	x->index = flow->states[x->state].nactions[FE_PHASE_ACTIONS];
+}
+
+static void
+fe_body_start(FeExec *x, void *arg)
+{
+	FeNote	   *n = palloc0(sizeof(FeNote));
+	FeEventRow *e = palloc0(sizeof(FeEventRow));
+
+	e->seq = ++x->row.event_seq;
+	e->event = "start";
+	e->source = "start";
+	e->status = "consumed";
+	e->to_state = x->row.state;
+	x->events = lappend(x->events, e);
+	n->seq = e->seq;
+	n->event = "start";
+	n->to = x->row.state;
+	x->notes = lappend(x->notes, n);
+	x->phase = FE_PHASE_ENTRY;
+	x->index = 0;
+	fe_run(x);
+}
+
+/* flow_execute: start a run and advance it. */
+FeRunResult *
+FeEngineExecute(const char *flowname, Jsonb *input, const char *key)
+{
+	FeFlow	   *flow = FeFlowLoad(flowname, 0, true);
+	FeRunRow	row = {0};
+	FeExec		x;
+
+	if (JB_ROOT_IS_SCALAR(input) || !JB_ROOT_IS_OBJECT(input))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("input of flow \"%s\" must be a JSON object", flowname),
+				 errdetail("The input given is %s.",
+						   JB_ROOT_IS_SCALAR(input) ? "a scalar" : "an array"),
+				 errhint("Pass an object such as '{\"order_id\": 42}'; its keys become context variables.")));
+
+	if (!pg_strong_random(row.id.data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a run id")));
+	row.id.data[6] = (row.id.data[6] & 0x0f) | 0x40;	/* version 4 */
+	row.id.data[8] = (row.id.data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+	row.flow = flow->name;
+	row.version = flow->version;
+	row.status = "running";
+	row.state = flow->states[flow->initial].name;
+	row.context = FeJsonbToText(input);
+	row.key = key ? pstrdup(key) : NULL;
+
+	fe_exec_init(&x, flow, &row, true);
+	x.initial_status = "new";
+	return fe_call(&x, fe_body_start, NULL);
+}
+
+static char *
+fe_run_label(pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+/* Lock the run, or raise that it does not exist. */
+static void
+fe_lock(pg_uuid_t *id, FeRunRow *row)
+{
+	if (!FeCatalogLockRun(id, row))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("flow run %s does not exist", fe_run_label(id))));
+}
+
+static bool
+fe_status_finished(const char *status)
+{
+	return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+		strcmp(status, "cancelled") == 0;
+}
+
+typedef struct FeSendArg
+{
+	const char *event;
+	char	   *payload;
+} FeSendArg;
+
+static void
+fe_body_send(FeExec *x, void *arg)
+{
+	FeSendArg  *a = (FeSendArg *) arg;
+
+	fe_deliver(x, a->event, a->payload, 0);
+	fe_run(x);
+}
+
+static void
+fe_body_queue(FeExec *x, void *arg)
+{
+	FeSendArg  *a = (FeSendArg *) arg;
+	FeEventRow *e = palloc0(sizeof(FeEventRow));
+
+	e->seq = ++x->row.event_seq;
+	e->event = pstrdup(a->event);
+	e->source = "external";
+	e->payload = a->payload;
+	e->status = "queued";
+	x->events = lappend(x->events, e);
+	x->row.queued_events++;
+}
+
+/* flow_send: deliver an event, or queue it while the run is busy. */
+FeRunResult *
+FeEngineSend(pg_uuid_t *id, const char *event, Jsonb *payload)
+{
+	FeRunRow	row;
+	FeFlow	   *flow;
+	FeExec		x;
+	FeSendArg	a;
+	FeState    *st;
+	int			i;
+	bool		known = false;
+
+	fe_lock(id, &row);
+	if (fe_status_finished(row.status))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot send event \"%s\" to flow run %s", event, fe_run_label(id)),
+				 errdetail("The run of flow \"%s\" is %s, in state \"%s\".", row.flow, row.status, row.state),
+				 errhint("Start a new run with flow_execute().")));
+	flow = FeFlowLoad(row.flow, row.version, false);
+	fe_exec_init(&x, flow, &row, false);
+	st = &flow->states[x.state];
+	a.event = event;
+	a.payload = FeJsonbToText(payload);
+
+	if (strcmp(row.status, "waiting") == 0)
+	{
+		if (!fe_accepts(st, event))
+		{
+			char	   *accepted = FeStateAcceptedEvents(st);
+
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("state \"%s\" of flow \"%s\" does not accept event \"%s\"",
+							st->name, flow->name, event),
+					 *accepted ? errdetail("It accepts: %s.", accepted)
+					 : errdetail("It accepts no events."),
+					 errhint("Run %s is waiting in state \"%s\".", fe_run_label(id), st->name)));
+		}
+		return fe_call(&x, fe_body_send, &a);
+	}
+
+	/* busy: queue it, as long as some state of the flow could take it */
+	for (i = 0; i < flow->nstates && !known; i++)
+		known = fe_accepts(&flow->states[i], event);
+	if (!known)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("flow \"%s\" has no state that accepts event \"%s\"", flow->name, event),
+				 errdetail("Run %s is busy in state \"%s\"; the event was not queued.",
+						   fe_run_label(id), st->name)));
+	return fe_call(&x, fe_body_queue, &a);
+}
+
+static void
+fe_body_cancel(FeExec *x, void *arg)
+{
+	FeCatalogCancelPending(&x->row.id);
+	x->row.status = "cancelled";
+	x->row.cursor = NULL;
+	x->row.queued_events = 0;
+}
+
+/* flow_cancel */
+FeRunResult *
+FeEngineCancel(pg_uuid_t *id)
+{
+	FeRunRow	row;
+	FeExec		x;
+
+	fe_lock(id, &row);
+	if (fe_status_finished(row.status))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot cancel flow run %s", fe_run_label(id)),
+				 errdetail("The run of flow \"%s\" is already %s.", row.flow, row.status)));
+	fe_exec_init(&x, FeFlowLoad(row.flow, row.version, false), &row, false);
+	return fe_call(&x, fe_body_cancel, NULL);
+}
+
+typedef struct FeCompleteArg
+{
+	int			step;
+	char	   *output;
+	const char *error;
+} FeCompleteArg;
+
+static void
+fe_body_complete(FeExec *x, void *arg)
+{
+	FeCompleteArg *a = (FeCompleteArg *) arg;
+	FeAction   *act;
+	char	   *err = NULL;
+
+	(void) fe_cursor_restore(x);
+	if (x->payload)
+		FeExprScopeSetEvent(x->payload);
+	act = &x->flow->states[x->state].actions[x->phase][x->index];
+	if (a->error)
+	{
+		char	   *error = fe_error_json(x, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+										  psprintf("%s step %d failed in state \"%s\" of flow \"%s\"",
+												   act->executor_name, a->step,
+												   x->flow->states[x->state].name, x->flow->name),
+										  psprintf("%s", a->error), NULL, act->executor_name, NULL);
+
+		FeCatalogFinishStep(&x->row.id, a->step, "failed", NULL, error);
+		x->index++;
+		if (x->phase == FE_PHASE_EXIT)
+			(void) fe_route_error(x, error);
+		else
+		{
+			x->failed = true;
+			x->error = error;
+			x->index = x->flow->states[x->state].nactions[x->phase];
+		}
+	}
+	else
+	{
+		FeCatalogFinishStep(&x->row.id, a->step, "completed", a->output, NULL);
+		if (act->output && !FeExprAssignJson(act->output, a->output ? a->output : "null", &err))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("could not store the result of step %d in variable \"%s\"",
+							a->step, act->output),
+					 errdetail("%s.", err)));
+		x->index++;
+	}
+	x->row.status = "running";
+	fe_run(x);
+}
+
+/* flow_step_complete: a pending asynchronous step finished; resume. */
+FeRunResult *
+FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
+{
+	FeRunRow	row;
+	FeExec		x;
+	FeCompleteArg a;
+	char	   *executor = NULL;
+	int			pending;
+
+	fe_lock(id, &row);
+	if (fe_status_finished(row.status))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot complete step %d of flow run %s", step, fe_run_label(id)),
+				 errdetail("The run of flow \"%s\" is already %s.", row.flow, row.status)));
+	fe_exec_init(&x, FeFlowLoad(row.flow, row.version, false), &row, false);
+	pending = row.cursor ? fe_cursor_restore(&x) : 0;
+	if (pending != step || !FeCatalogStepPending(id, step, &executor))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("step %d of flow run %s is not pending", step, fe_run_label(id)),
+				 pending > 0 ? errdetail("The run is waiting for step %d.", pending)
+				 : errdetail("The run has no pending step; it is %s.", row.status)));
+	fe_exec_init(&x, x.flow, &row, false);
+	a.step = step;
+	a.output = output ? FeJsonbToText(output) : NULL;
+	a.error = error;
+	return fe_call(&x, fe_body_complete, &a);
+}
