@@ -200,24 +200,29 @@ fe_act(FeExec *x, FeAction *a, char **error)
 	{
 		case FE_EXEC_SET:
 			{
+				/* evaluate every value first, so a failing set assigns nothing */
 				StringInfoData b;
+				char	  **values = palloc(sizeof(char *) * a->nset);
 				int			i;
 
 				initStringInfo(&b);
 				appendStringInfoChar(&b, '{');
 				for (i = 0; i < a->nset; i++)
 				{
-					r = FeExprAssign(a->set_names[i], a->set_values[i]);
+					r = FeExprEvalTemplate(a->set_values[i]);
 					if (!r.ok)
 					{
 						*error = fe_expr_error(x, &r, a->executor_name);
 						fe_step_done(s, "failed", NULL, *error);
 						return FE_ACT_FAILED;
 					}
+					values[i] = r.json;
 					appendStringInfo(&b, "%s%s: %s", i ? ", " : "",
 									 FeJsonQuote(a->set_names[i]), r.json);
 				}
 				appendStringInfoChar(&b, '}');
+				for (i = 0; i < a->nset && err == NULL; i++)
+					(void) FeExprAssignJson(a->set_names[i], values[i], &err);
 				output = b.data;
 				break;
 			}

@@ -781,25 +781,18 @@ fe_eval_template(duk_context *ctx, void *udata)
 
 	fe_scope_prelude(ctx);
 	fe_push_tmpl(ctx, a, a->tmpl);
-	if (a->name)
-	{
-		duk_get_prop_string(ctx, 0, "ctx");
-		duk_dup(ctx, -2);
-		duk_put_prop_string(ctx, -2, a->name);
-		duk_pop(ctx);
-	}
 	duk_json_encode(ctx, -1);
 	return 1;
 }
 
-static FeEvalResult
-fe_eval(FeTmpl *t, const char *assign_to)
+/* Evaluate a template to JSON text. */
+FeEvalResult
+FeExprEvalTemplate(FeTmpl *t)
 {
 	FeEvalResult r = {0};
 	FeScopeArg	a = {0};
 
 	a.tmpl = t;
-	a.name = assign_to;
 	a.failed_expr = -1;
 	r.failed_expr = -1;
 	r.ok = fe_protected(fe_eval_template, &a, &r.error);
@@ -808,20 +801,6 @@ fe_eval(FeTmpl *t, const char *assign_to)
 	else
 		r.failed_expr = a.failed_expr;
 	return r;
-}
-
-/* Evaluate a template to JSON text. */
-FeEvalResult
-FeExprEvalTemplate(FeTmpl *t)
-{
-	return fe_eval(t, NULL);
-}
-
-/* Evaluate a template and assign its value to context variable `name`. */
-FeEvalResult
-FeExprAssign(const char *name, FeTmpl *t)
-{
-	return fe_eval(t, name);
 }
 
 static duk_ret_t
@@ -1006,7 +985,14 @@ fe_tmpl_string(const char *s, int len, List **exprs, char **error)
 		}
 		{
 			char	   *body = pnstrdup(open + 2, close - open - 2);
-			char	   *why = FeExprCompileCheck(body);
+			char	   *why;
+
+			/* trim, so messages quote the expression as written */
+			while (*body && isspace((unsigned char) *body))
+				body++;
+			while (*body && isspace((unsigned char) body[strlen(body) - 1]))
+				body[strlen(body) - 1] = '\0';
+			why = FeExprCompileCheck(body);
 
 			if (why)
 			{

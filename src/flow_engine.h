@@ -94,7 +94,6 @@ extern bool FeExprScopeOpen(const char *cache_key, const char *context_json,
 extern void FeExprScopeSetEvent(const char *payload_json);
 extern FeEvalResult FeExprEvalCondition(int expr);
 extern FeEvalResult FeExprEvalTemplate(FeTmpl *t);
-extern FeEvalResult FeExprAssign(const char *name, FeTmpl *t);
 extern bool FeExprAssignJson(const char *name, const char *json, char **error);
 extern char *FeExprScopeContext(char **error);
 extern void FeExprScopeClose(void);
