@@ -740,6 +740,12 @@ fe_persist(FeExec *x)
 		strcmp(x->row.status, "failed") == 0 ||
 		strcmp(x->row.status, "cancelled") == 0;
 
+	/* a finished run takes no more events: refuse what is still queued */
+	if (done && x->row.queued_events > 0)
+	{
+		FeCatalogCancelPending(&x->row.id);
+		x->row.queued_events = 0;
+	}
 	x->row.context = FeExprScopeContext(&err);
 	if (x->row.context == NULL)
 		ereport(ERROR,
