@@ -41,6 +41,7 @@ CREATE FUNCTION pg_temp.wait_blocked(want int) RETURNS int LANGUAGE plpgsql AS $
 DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got int;
 BEGIN
   LOOP
+    PERFORM pg_stat_clear_snapshot();  -- pg_stat_activity is otherwise frozen for the transaction
     SELECT count(*) INTO got FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%flow_send%';
     EXIT WHEN got >= want OR clock_timestamp() > deadline;
     PERFORM pg_sleep(0.01);
