@@ -15,7 +15,7 @@ FE_PORT=${FE_PORT:-54329}
 FE_CLUSTER=${FE_CLUSTER:-/tmp/flow_engine_cluster}
 FE_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 \
 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl duktape-dev \
-libcurl4-openssl-dev nginx-light wrk"
+libcurl4-openssl-dev"
 PGBIN=/usr/lib/postgresql/15/bin
 
 fe_log() { printf '==> %s\n' "$*" >&2; }
