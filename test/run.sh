@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib/cluster.sh"
 cd "$FE_ROOT"
 
 fe_install_deps
+make -s versioncheck   # Makefile, control file and META.json agree
 fe_build
 fe_cluster_start
 

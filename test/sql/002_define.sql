@@ -1,13 +1,5 @@
 -- flow_define, versions, listing, and flow_validate's problem list.
-\set ECHO none
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
-\set ON_ERROR_STOP 1
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS flow_engine;
+\i test/lib/prelude.sql
 BEGIN;
 SELECT plan(39);
 
@@ -21,16 +13,6 @@ CREATE FUNCTION pg_temp.def(id text, extra jsonb DEFAULT '{}') RETURNS jsonb LAN
       'done', jsonb_build_object('type', 'action'))) || extra
 $$;
 
--- the detail of the error a statement raises
-CREATE FUNCTION pg_temp.error_detail(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE d text;
-BEGIN
-  EXECUTE stmt;
-  RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
-  RETURN d;
-END $$;
 
 -- problems of a definition as "severity path" strings
 CREATE FUNCTION pg_temp.problems(d jsonb) RETURNS text[] LANGUAGE sql AS $$

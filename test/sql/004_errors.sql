@@ -1,25 +1,8 @@
 -- Bad input gets a clear error, and failing runs are recorded, never lost.
-\set ECHO none
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = error;
-\set ON_ERROR_STOP 1
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS flow_engine;
+\i test/lib/prelude.sql
 BEGIN;
 SELECT plan(33);
 
-CREATE FUNCTION pg_temp.error_detail(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE d text;
-BEGIN
-  EXECUTE stmt;
-  RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
-  RETURN d;
-END $$;
 
 SELECT flow_define($${
   "id": "t_err", "initialState": "ask", "finalStates": ["done"],

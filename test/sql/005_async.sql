@@ -1,13 +1,5 @@
 -- Asynchronous steps: pending rows, the inbox, and resuming on completion.
-\set ECHO none
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = error;
-\set ON_ERROR_STOP 1
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS flow_engine;
+\i test/lib/prelude.sql
 BEGIN;
 SELECT plan(29);
 

@@ -1,15 +1,7 @@
 -- The caller's transaction rules: rollback, NOTIFY at commit, and two
 -- sessions sending to one run.  This file commits, so it runs outside a
 -- transaction and uses flow names of its own.
-\set ECHO none
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = error;
-\set ON_ERROR_STOP 1
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS flow_engine;
+\i test/lib/prelude.sql
 CREATE EXTENSION IF NOT EXISTS dblink;
 SELECT plan(15);
 

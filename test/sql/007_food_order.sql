@@ -1,14 +1,6 @@
 -- A 15-state flow in the shape of seed 001's food order, end to end, turn by turn,
 -- with set, sql and respond in place of the app-specific executors.
-\set ECHO none
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = error;
-\set ON_ERROR_STOP 1
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS flow_engine;
+\i test/lib/prelude.sql
 BEGIN;
 SELECT plan(26);
 \i examples/food_order/tools.sql
