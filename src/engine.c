@@ -32,7 +32,6 @@
 #include "flow_engine.h"
 
 #include "commands/async.h"
-#include "common/pg_prng.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"

@@ -576,7 +576,6 @@ static int	fe_scope_depth = 0;
 
 typedef struct FeScopeArg
 {
-	const char *key;
 	const char *json;
 	const char *name;
 	FeTmpl	   *tmpl;
@@ -628,7 +627,6 @@ FeExprScopeOpen(const char *cache_key, const char *context_json, char **error)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("flow runs are nested more than %d deep", FE_MAX_SCOPES),
 				 errdetail("An sql step advanced another run, which advanced another, and so on.")));
-	a.key = cache_key;
 	a.json = context_json;
 	if (!fe_protected(fe_scope_open, &a, error))
 		return false;
@@ -1131,10 +1129,4 @@ FeTmplParse(Jsonb *value, List **exprs, char **error)
 		return fe_tmpl_value(&v, exprs, error);
 	}
 	return fe_tmpl_container(&value->root, exprs, error);
-}
-
-bool
-FeTmplIsLiteralString(FeTmpl *t)
-{
-	return t->kind == FE_TMPL_LITERAL && t->json[0] == '"';
 }

@@ -67,8 +67,6 @@ typedef struct FeTmpl
 typedef struct FeExprSource
 {
 	char	   *text;
-	char	   *state;
-	char	   *path;
 } FeExprSource;
 
 /* Result of evaluating something in the sandbox. */
@@ -84,7 +82,6 @@ typedef struct FeEvalResult
 extern char *FeExprCheckSyntax(const char *expr);
 extern char *FeExprCompileCheck(const char *expr);
 extern FeTmpl *FeTmplParse(Jsonb *value, List **exprs, char **error);
-extern bool FeTmplIsLiteralString(FeTmpl *t);
 
 /* An evaluation scope: one run's context during one engine call. */
 extern void FeExprBindFlow(const char *cache_key, List *exprs);
