@@ -190,6 +190,30 @@ fe_col_text(FeColumn *c, int i, const char *s)
 		c->values[i] = fe_text(s);
 }
 
+/*
+ * INSERT ... SELECT $1, ... FROM unnest($2, ...): run `sql` with the run id
+ * and one array per column, each of n values.
+ */
+static void
+fe_insert_batch(SPIPlanPtr *slot, const char *sql, pg_uuid_t *run,
+				FeColumn *cols, int ncols, int n)
+{
+	Oid		   *types = palloc(sizeof(Oid) * (ncols + 1));
+	Datum	   *values = palloc(sizeof(Datum) * (ncols + 1));
+	int			c;
+
+	types[0] = UUIDOID;
+	values[0] = fe_uuid(run);
+	for (c = 0; c < ncols; c++)
+	{
+		types[c + 1] = get_array_type(cols[c].type);
+		values[c + 1] = fe_array(cols[c].values, cols[c].nulls, n, cols[c].type);
+	}
+	fe_connect();
+	fe_exec(fe_plan(slot, sql, ncols + 1, types), values, NULL, SPI_OK_INSERT, 0);
+	fe_finish();
+}
+
 /* ---------------------------------------------------------------------
  * Definitions
  * ---------------------------------------------------------------------
@@ -397,8 +421,6 @@ FeCatalogInsertSteps(pg_uuid_t *run, List *steps)
 	FeColumn	cols[11];
 	Oid			ctypes[11] = {INT4OID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Oid			types[12];
-	Datum		values[12];
 	ListCell   *lc;
 	int			i,
 				c;
@@ -428,15 +450,7 @@ FeCatalogInsertSteps(pg_uuid_t *run, List *steps)
 			cols[10].values[i] = TimestampTzGetDatum(s->finished_at);
 		i++;
 	}
-	types[0] = UUIDOID;
-	values[0] = fe_uuid(run);
-	for (c = 0; c < 11; c++)
-	{
-		types[c + 1] = get_array_type(ctypes[c]);
-		values[c + 1] = fe_array(cols[c].values, cols[c].nulls, n, ctypes[c]);
-	}
-	fe_connect();
-	fe_exec(fe_plan(&plan_steps_insert,
+	fe_insert_batch(&plan_steps_insert,
 					"INSERT INTO %1$s.flow_run_steps (run_id, seq, state, phase, action, executor, "
 					"status, input, output, error, attempts, started_at, finished_at, due_at) "
 					"SELECT $1, s.seq, s.state, s.phase, s.action, s.executor, s.status, "
@@ -446,9 +460,8 @@ FeCatalogInsertSteps(pg_uuid_t *run, List *steps)
 					"CASE WHEN s.status = 'pending' THEN s.started_at END "
 					"FROM unnest($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
 					"AS s(seq, state, phase, action, executor, status, input, output, error, "
-					"started_at, finished_at)", 12, types),
-			values, NULL, SPI_OK_INSERT, 0);
-	fe_finish();
+					"started_at, finished_at)",
+					run, cols, 11, n);
 }
 
 void
@@ -457,8 +470,6 @@ FeCatalogInsertEvents(pg_uuid_t *run, List *events)
 	int			n = list_length(events);
 	FeColumn	cols[7];
 	Oid			ctypes[7] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Oid			types[8];
-	Datum		values[8];
 	ListCell   *lc;
 	int			i,
 				c;
@@ -481,24 +492,15 @@ FeCatalogInsertEvents(pg_uuid_t *run, List *events)
 		fe_col_text(&cols[6], i, e->to_state);
 		i++;
 	}
-	types[0] = UUIDOID;
-	values[0] = fe_uuid(run);
-	for (c = 0; c < 7; c++)
-	{
-		types[c + 1] = get_array_type(ctypes[c]);
-		values[c + 1] = fe_array(cols[c].values, cols[c].nulls, n, ctypes[c]);
-	}
-	fe_connect();
-	fe_exec(fe_plan(&plan_events_insert,
+	fe_insert_batch(&plan_events_insert,
 					"INSERT INTO %1$s.flow_events (run_id, seq, event, source, payload, status, "
 					"from_state, to_state, consumed_at) "
 					"SELECT $1, e.seq, e.event, e.source, e.payload::jsonb, e.status, "
 					"e.from_state, e.to_state, "
 					"CASE WHEN e.status = 'consumed' THEN clock_timestamp() END "
 					"FROM unnest($2, $3, $4, $5, $6, $7, $8) "
-					"AS e(seq, event, source, payload, status, from_state, to_state)", 8, types),
-			values, NULL, SPI_OK_INSERT, 0);
-	fe_finish();
+					"AS e(seq, event, source, payload, status, from_state, to_state)",
+					run, cols, 7, n);
 }
 
 void
@@ -507,8 +509,6 @@ FeCatalogInsertMessages(pg_uuid_t *run, List *messages)
 	int			n = list_length(messages);
 	FeColumn	cols[3];
 	Oid			ctypes[3] = {INT4OID, TEXTOID, TEXTOID};
-	Oid			types[4];
-	Datum		values[4];
 	ListCell   *lc;
 	int			i,
 				c;
@@ -527,20 +527,11 @@ FeCatalogInsertMessages(pg_uuid_t *run, List *messages)
 		fe_col_text(&cols[2], i, m->content);
 		i++;
 	}
-	types[0] = UUIDOID;
-	values[0] = fe_uuid(run);
-	for (c = 0; c < 3; c++)
-	{
-		types[c + 1] = get_array_type(ctypes[c]);
-		values[c + 1] = fe_array(cols[c].values, cols[c].nulls, n, ctypes[c]);
-	}
-	fe_connect();
-	fe_exec(fe_plan(&plan_messages_insert,
+	fe_insert_batch(&plan_messages_insert,
 					"INSERT INTO %1$s.flow_messages (run_id, seq, role, content) "
 					"SELECT $1, m.seq, m.role, m.content FROM unnest($2, $3, $4) "
-					"AS m(seq, role, content)", 4, types),
-			values, NULL, SPI_OK_INSERT, 0);
-	fe_finish();
+					"AS m(seq, role, content)",
+					run, cols, 3, n);
 }
 
 /* ---------------------------------------------------------------------

@@ -444,6 +444,24 @@ fe_route_error(FeExec *x, char *error)
 	return true;
 }
 
+/*
+ * An action of the current state failed: while leaving, route the error at
+ * once; otherwise skip the state's remaining actions and let fe_decide
+ * raise the error event.
+ */
+static void
+fe_action_failed(FeExec *x, char *error)
+{
+	if (x->phase == FE_PHASE_EXIT)
+		(void) fe_route_error(x, error);
+	else
+	{
+		x->failed = true;
+		x->error = error;
+		x->index = x->flow->states[x->state].nactions[x->phase];
+	}
+}
+
 static void
 fe_record_transition(FeExec *x, const char *event, const char *source,
 					 const char *from, const char *to, int inbox_seq)
@@ -649,14 +667,7 @@ fe_run(FeExec *x)
 					x->row.cursor = fe_cursor_json(x, x->row.step_seq);
 					return;
 				case FE_ACT_FAILED:
-					if (x->phase == FE_PHASE_EXIT)
-						(void) fe_route_error(x, error);
-					else
-					{
-						x->failed = true;
-						x->error = error;
-						x->index = st->nactions[x->phase];
-					}
+					fe_action_failed(x, error);
 					break;
 			}
 			continue;
@@ -1036,7 +1047,7 @@ fe_body_complete(FeExec *x, void *arg)
 	FeAction   *act;
 	char	   *err = NULL;
 
-	(void) fe_cursor_restore(x);
+	/* x was restored from the cursor by FeEngineStepComplete */
 	if (x->payload)
 		FeExprScopeSetEvent(x->payload);
 	act = &x->flow->states[x->state].actions[x->phase][x->index];
@@ -1050,14 +1061,7 @@ fe_body_complete(FeExec *x, void *arg)
 
 		FeCatalogFinishStep(&x->row.id, a->step, "failed", NULL, error);
 		x->index++;
-		if (x->phase == FE_PHASE_EXIT)
-			(void) fe_route_error(x, error);
-		else
-		{
-			x->failed = true;
-			x->error = error;
-			x->index = x->flow->states[x->state].nactions[x->phase];
-		}
+		fe_action_failed(x, error);
 	}
 	else
 	{
@@ -1098,7 +1102,6 @@ FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
 				 errmsg("step %d of flow run %s is not pending", step, fe_run_label(id)),
 				 pending > 0 ? errdetail("The run is waiting for step %d.", pending)
 				 : errdetail("The run has no pending step; it is %s.", row.status)));
-	fe_exec_init(&x, x.flow, &row, false);
 	a.step = step;
 	a.output = output ? FeJsonbToText(output) : NULL;
 	a.error = error;
