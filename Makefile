@@ -1,9 +1,9 @@
 # flow_engine — PGXS build.
 EXTENSION    = flow_engine
-EXTVERSION   = 0.1.0
+EXTVERSION   = 0.2.0
 MODULE_big   = flow_engine
 OBJS         = src/module.o src/definition.o src/expr.o src/engine.o \
-               src/catalog.o src/sql_api.o
+               src/catalog.o src/schema.o src/worker.o src/http.o src/sql_api.o
 DATA         = $(wildcard sql/flow_engine--*.sql)
 DOCS         =
 
@@ -13,9 +13,10 @@ REGRESS      = $(patsubst test/sql/%.sql,%,$(TESTS))
 REGRESS_OPTS = --inputdir=test
 
 PG_CONFIG   ?= pg_config
-PG_CPPFLAGS  = -Isrc $(shell pkg-config --cflags duktape 2>/dev/null)
+PG_CPPFLAGS  = -Isrc -DFE_VERSION=\"$(EXTVERSION)\" $(shell pkg-config --cflags duktape 2>/dev/null)
 PG_CFLAGS    = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
-SHLIB_LINK   = $(shell pkg-config --libs duktape 2>/dev/null || echo -lduktape)
+SHLIB_LINK   = $(shell pkg-config --libs duktape 2>/dev/null || echo -lduktape) \
+               $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 
 # No LLVM bitcode: a fresh machine need not have clang.
 override with_llvm = no
@@ -30,6 +31,6 @@ versioncheck:
 	  { echo "flow_engine.control does not say $(EXTVERSION)"; exit 1; }
 	@grep -q '"version": "$(EXTVERSION)"' META.json || \
 	  { echo "META.json does not say $(EXTVERSION)"; exit 1; }
-	@test -f sql/$(EXTENSION)--$(EXTVERSION).sql || \
-	  { echo "sql/$(EXTENSION)--$(EXTVERSION).sql is missing"; exit 1; }
+	@ls sql/$(EXTENSION)--$(EXTVERSION).sql sql/$(EXTENSION)--*--$(EXTVERSION).sql 2>/dev/null | grep -q . || \
+	  { echo "no install or upgrade script reaches $(EXTVERSION)"; exit 1; }
 	@echo "version $(EXTVERSION) agrees"

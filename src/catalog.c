@@ -306,6 +306,47 @@ FeCatalogStoreDefinition(const char *name, Jsonb *def)
 }
 
 /* ---------------------------------------------------------------------
+ * Tools
+ * ---------------------------------------------------------------------
+ */
+static SPIPlanPtr plan_tool = NULL;
+
+/* Read tool `name` from flow_tools; false if there is none. */
+bool
+FeCatalogFetchTool(const char *name, FeToolRow *tool)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		found;
+
+	values[0] = fe_text(name);
+	fe_connect();
+	fe_exec(fe_plan(&plan_tool,
+					"SELECT name, kind, parameters, config, xmin::text::bigint "
+					"FROM %1$s.flow_tools WHERE name = $1", 1, types),
+			values, NULL, SPI_OK_SELECT, 1);
+	found = SPI_processed > 0;
+	if (found)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext old;
+
+		tool->name = fe_col_str(caller, 1);
+		tool->kind = fe_col_str(caller, 2);
+		old = MemoryContextSwitchTo(caller);
+		tool->parameters = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		tool->config = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 4, &isnull));
+		MemoryContextSwitchTo(old);
+		tool->xmin = (uint64) DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	}
+	fe_finish();
+	return found;
+}
+
+/* ---------------------------------------------------------------------
  * Runs
  * ---------------------------------------------------------------------
  */
@@ -326,8 +367,8 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 	fe_connect();
 	fe_exec(fe_plan(&plan_run_lock,
 					"SELECT flow, version, status, state, context::text, response, key, "
-					"error::text, cursor::text, step_seq, event_seq, message_seq, queued_events "
-					"FROM %1$s.flow_runs WHERE id = $1 FOR UPDATE", 1, types),
+					"error::text, cursor::text, step_seq, event_seq, message_seq, queued_events, "
+					"timeout_at FROM %1$s.flow_runs WHERE id = $1 FOR UPDATE", 1, types),
 			values, NULL, SPI_OK_SELECT, 1);
 	found = SPI_processed > 0;
 	if (found)
@@ -347,6 +388,12 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 		row->event_seq = fe_col_int(11);
 		row->message_seq = fe_col_int(12);
 		row->queued_events = fe_col_int(13);
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14, &isnull);
+
+			row->timeout_at = isnull ? 0 : DatumGetTimestampTz(d);
+		}
 	}
 	fe_finish();
 	return found;
@@ -359,10 +406,11 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 void
 FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 {
-	Oid			types[15] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, JSONBOID,
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, BOOLOID};
-	Datum		values[15];
-	char		nulls[16] = "               ";
+	Oid			types[16] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, JSONBOID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, BOOLOID,
+	TIMESTAMPTZOID};
+	Datum		values[16];
+	char		nulls[17] = "                ";
 	Jsonb	   *context;
 
 	context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(row->context)));
@@ -381,15 +429,16 @@ FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 	values[12] = Int32GetDatum(row->message_seq);
 	values[13] = Int32GetDatum(row->queued_events);
 	values[14] = BoolGetDatum(finished);
+	values[15] = row->timeout_at ? TimestampTzGetDatum(row->timeout_at) : (nulls[15] = 'n', (Datum) 0);
 
 	fe_connect();
 	if (insert)
 		fe_exec(fe_plan(&plan_run_insert,
 						"INSERT INTO %1$s.flow_runs (id, flow, version, status, state, context, "
 						"response, key, error, cursor, step_seq, event_seq, message_seq, "
-						"queued_events, finished_at) "
+						"queued_events, finished_at, timeout_at) "
 						"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, "
-						"$13, $14, CASE WHEN $15 THEN clock_timestamp() END)", 15, types),
+						"$13, $14, CASE WHEN $15 THEN clock_timestamp() END, $16)", 16, types),
 				values, nulls, SPI_OK_INSERT, 0);
 	else
 		fe_exec(fe_plan(&plan_run_update,
@@ -397,9 +446,9 @@ FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 						"response = $7, error = $9::jsonb, cursor = $10::jsonb, step_seq = $11, "
 						"event_seq = $12, message_seq = $13, queued_events = $14, "
 						"updated_at = clock_timestamp(), "
-						"finished_at = CASE WHEN $15 THEN clock_timestamp() END "
-						"WHERE id = $1",
-						15, types),
+						"finished_at = CASE WHEN $15 THEN clock_timestamp() END, "
+						"timeout_at = $16 WHERE id = $1",
+						16, types),
 				values, nulls, SPI_OK_UPDATE, 0);
 	fe_finish();
 	if (context_out)
@@ -590,7 +639,7 @@ FeCatalogFinishStep(pg_uuid_t *run, int seq, const char *status,
 					"UPDATE %1$s.flow_run_steps SET status = $3, output = $4::jsonb, "
 					"error = $5::jsonb, attempts = greatest(attempts, 1), "
 					"started_at = coalesce(started_at, clock_timestamp()), "
-					"finished_at = clock_timestamp(), due_at = NULL "
+					"finished_at = clock_timestamp(), due_at = NULL, lease_until = NULL "
 					"WHERE run_id = $1 AND seq = $2", 5, types),
 			values, nulls, SPI_OK_UPDATE, 0);
 	fe_finish();
@@ -607,7 +656,7 @@ FeCatalogCancelPending(pg_uuid_t *run)
 	fe_connect();
 	fe_exec(fe_plan(&plan_cancel_steps,
 					"UPDATE %1$s.flow_run_steps SET status = 'cancelled', "
-					"finished_at = clock_timestamp(), due_at = NULL "
+					"finished_at = clock_timestamp(), due_at = NULL, lease_until = NULL "
 					"WHERE run_id = $1 AND status IN ('pending', 'running')", 1, types),
 			values, NULL, SPI_OK_UPDATE, 0);
 	fe_exec(fe_plan(&plan_cancel_events,
@@ -675,10 +724,13 @@ FeCatalogConsumeEvent(pg_uuid_t *run, int seq, const char *status,
  * *error receives the error (copied into the caller's context), unless it
  * is a query cancel, which is re-thrown so statement_timeout still works.
  */
-typedef Datum (*FeGuardedFn) (void *arg);
-
-static bool
-fe_guarded(FeGuardedFn fn, void *arg, Datum *result, ErrorData **error)
+/*
+ * Run fn(arg) in a subtransaction.  On an error, roll the subtransaction
+ * back, return false and hand the error over in *error; query cancels and
+ * shutdowns are re-raised.
+ */
+bool
+FeGuarded(FeGuardedFn fn, void *arg, Datum *result, ErrorData **error)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -789,7 +841,7 @@ FeCatalogCallSql(const char *function, const char *args_json, ErrorData **error)
 	c.args_json = args_json;
 	c.result_cxt = CurrentMemoryContext;
 	*error = NULL;
-	if (!fe_guarded(fe_sql_call, &c, &result, error))
+	if (!FeGuarded(fe_sql_call, &c, &result, error))
 		return NULL;
 	return (Jsonb *) DatumGetPointer(result);
 }
@@ -804,7 +856,7 @@ FeCatalogCheckFunction(const char *function, char **why)
 
 	c.function = function;
 	c.check_only = true;
-	if (fe_guarded(fe_sql_call, &c, &result, &error))
+	if (FeGuarded(fe_sql_call, &c, &result, &error))
 		return FE_FUNCTION_OK;
 	if (error->sqlerrcode == ERRCODE_UNDEFINED_FUNCTION ||
 		error->sqlerrcode == ERRCODE_UNDEFINED_SCHEMA)
@@ -815,4 +867,330 @@ FeCatalogCheckFunction(const char *function, char **why)
 	}
 	*why = psprintf("Function \"%s\" is not usable: %s.", function, error->message);
 	return FE_FUNCTION_BAD;
+}
+
+/* ---------------------------------------------------------------------
+ * The worker's queue: claims, leases, retries, timers, providers, secrets
+ *
+ * A step the worker claims goes from 'pending' (due_at <= now) to
+ * 'running' with attempts + 1 and a lease, in one short transaction with
+ * FOR UPDATE SKIP LOCKED.  A step whose lease lapses, or every running
+ * step when the worker starts, goes back to 'pending' to be sent again.
+ * ---------------------------------------------------------------------
+ */
+static SPIPlanPtr plan_claim = NULL;
+static SPIPlanPtr plan_release = NULL;
+static SPIPlanPtr plan_next_due = NULL;
+static SPIPlanPtr plan_due_timers = NULL;
+static SPIPlanPtr plan_providers = NULL;
+static SPIPlanPtr plan_secret = NULL;
+static SPIPlanPtr plan_claimed = NULL;
+static SPIPlanPtr plan_retry = NULL;
+static SPIPlanPtr plan_usage_step = NULL;
+static SPIPlanPtr plan_usage_run = NULL;
+static SPIPlanPtr plan_fail_step = NULL;
+static SPIPlanPtr plan_fail_run = NULL;
+
+/* Is the extension installed in this database?  (The worker asks.) */
+bool
+FeCatalogExtensionExists(void)
+{
+	return OidIsValid(get_extension_oid("flow_engine", true));
+}
+
+/*
+ * Claim up to `limit` due steps.  A step's lease lasts its timeout (times
+ * `chain` for llm and nlu steps, which may try several providers) plus
+ * `margin_ms`.  Returns a list of FeClaim in the caller's context.
+ */
+List *
+FeCatalogClaimSteps(int limit, int default_timeout_ms, int chain, int margin_ms)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[4] = {INT4OID, INT4OID, INT4OID, INT4OID};
+	Datum		values[4];
+	List	   *claims = NIL;
+	uint64		i;
+
+	values[0] = Int32GetDatum(limit);
+	values[1] = Int32GetDatum(default_timeout_ms);
+	values[2] = Int32GetDatum(chain);
+	values[3] = Int32GetDatum(margin_ms);
+	fe_connect();
+	fe_exec(fe_plan(&plan_claim,
+					"WITH due AS ("
+					" SELECT run_id, seq FROM %1$s.flow_run_steps"
+					" WHERE status = 'pending' AND due_at <= clock_timestamp()"
+					" ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+					"UPDATE %1$s.flow_run_steps s SET status = 'running', attempts = s.attempts + 1, "
+					" started_at = coalesce(s.started_at, clock_timestamp()), due_at = NULL, "
+					" lease_until = clock_timestamp() + make_interval(secs => ("
+					"  coalesce(CASE WHEN jsonb_typeof(s.input->'timeout_ms') = 'number' "
+					"   THEN (s.input->>'timeout_ms')::numeric END, $2)"
+					"  * CASE WHEN s.executor IN ('llm', 'nlu') THEN $3 ELSE 1 END + $4) / 1000.0) "
+					"FROM due WHERE s.run_id = due.run_id AND s.seq = due.seq "
+					"RETURNING s.run_id, s.seq, s.executor, s.input, s.attempts, s.state",
+					4, types),
+			values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		FeClaim    *c = palloc0(sizeof(FeClaim));
+		bool		isnull;
+		Datum		d;
+
+		memcpy(&c->run, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
+		c->seq = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		c->executor = SPI_getvalue(tup, desc, 3);
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		c->input = isnull ? NULL : DatumGetJsonbPCopy(d);
+		c->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		c->state = SPI_getvalue(tup, desc, 6);
+		claims = lappend(claims, c);
+		MemoryContextSwitchTo(old);
+	}
+	fe_finish();
+	return claims;
+}
+
+/*
+ * Send again every running step whose lease lapsed before `before`
+ * (pass DT_NOEND at the worker's start: all of them).  Returns how many.
+ */
+uint64
+FeCatalogReleaseSteps(TimestampTz before)
+{
+	Oid			types[1] = {TIMESTAMPTZOID};
+	Datum		values[1];
+	uint64		n;
+
+	values[0] = TimestampTzGetDatum(before);
+	fe_connect();
+	fe_exec(fe_plan(&plan_release,
+					"UPDATE %1$s.flow_run_steps SET status = 'pending', due_at = clock_timestamp(), "
+					"lease_until = NULL WHERE status = 'running' AND lease_until < $1",
+					1, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	n = SPI_processed;
+	fe_finish();
+	return n;
+}
+
+/* When something is next due: a step, a lease or a timer (0 if nothing). */
+void
+FeCatalogNextDue(TimestampTz *step, TimestampTz *lease, TimestampTz *timer)
+{
+	bool		isnull;
+	Datum		d;
+
+	fe_connect();
+	fe_exec(fe_plan(&plan_next_due,
+					"SELECT (SELECT min(due_at) FROM %1$s.flow_run_steps WHERE status = 'pending'), "
+					"(SELECT min(lease_until) FROM %1$s.flow_run_steps WHERE status = 'running'), "
+					"(SELECT min(timeout_at) FROM %1$s.flow_runs WHERE timeout_at IS NOT NULL)",
+					0, NULL),
+			NULL, NULL, SPI_OK_SELECT, 1);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*step = isnull ? 0 : DatumGetTimestampTz(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	*lease = isnull ? 0 : DatumGetTimestampTz(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	*timer = isnull ? 0 : DatumGetTimestampTz(d);
+	fe_finish();
+}
+
+/* Runs whose timer is due, locked; a list of pg_uuid_t *. */
+List *
+FeCatalogDueTimers(int limit)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+	List	   *ids = NIL;
+	uint64		i;
+
+	values[0] = Int32GetDatum(limit);
+	fe_connect();
+	fe_exec(fe_plan(&plan_due_timers,
+					"SELECT id FROM %1$s.flow_runs WHERE timeout_at <= clock_timestamp() "
+					"ORDER BY timeout_at LIMIT $1 FOR UPDATE SKIP LOCKED", 1, types),
+			values, NULL, SPI_OK_SELECT, 0);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		pg_uuid_t  *id = MemoryContextAlloc(caller, sizeof(pg_uuid_t));
+
+		memcpy(id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+											   1, &isnull)), sizeof(pg_uuid_t));
+		ids = lappend(ids, id);
+	}
+	fe_finish();
+	return ids;
+}
+
+/* Enabled providers in the order they are tried; a list of FeProvider *. */
+List *
+FeCatalogProviders(void)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	List	   *list = NIL;
+	uint64		i;
+
+	fe_connect();
+	fe_exec(fe_plan(&plan_providers,
+					"SELECT name, rtrim(base_url, '/'), model, api_key, cost_in_per_1k::float8, "
+					"cost_out_per_1k::float8, timeout_ms FROM %1$s.flow_providers "
+					"WHERE enabled ORDER BY priority, name", 0, NULL),
+			NULL, NULL, SPI_OK_SELECT, 0);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		FeProvider *p = palloc0(sizeof(FeProvider));
+		bool		isnull;
+		Datum		d;
+
+		p->name = SPI_getvalue(tup, desc, 1);
+		p->base_url = SPI_getvalue(tup, desc, 2);
+		p->model = SPI_getvalue(tup, desc, 3);
+		p->api_key = SPI_getvalue(tup, desc, 4);
+		p->cost_in_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull));
+		p->cost_out_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 6, &isnull));
+		d = SPI_getbinval(tup, desc, 7, &isnull);
+		p->timeout_ms = isnull ? 0 : DatumGetInt32(d);
+		list = lappend(list, p);
+		MemoryContextSwitchTo(old);
+	}
+	fe_finish();
+	return list;
+}
+
+/* The value of secret `name`, or NULL. */
+char *
+FeCatalogSecret(const char *name)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	char	   *value = NULL;
+
+	values[0] = fe_text(name);
+	fe_connect();
+	fe_exec(fe_plan(&plan_secret,
+					"SELECT value FROM %1$s.flow_secrets WHERE name = $1", 1, types),
+			values, NULL, SPI_OK_SELECT, 1);
+	if (SPI_processed > 0)
+		value = fe_col_str(caller, 1);
+	fe_finish();
+	return value;
+}
+
+/*
+ * Lock the run and tell whether step `seq` is still the worker's: running,
+ * with the attempt number the worker claimed.  A cancelled run, a step
+ * completed through flow_step_complete, or a lapsed and re-claimed lease
+ * make the result stale.
+ */
+bool
+FeCatalogStepClaimed(pg_uuid_t *run, int seq, int attempts)
+{
+	Oid			types[3] = {UUIDOID, INT4OID, INT4OID};
+	Datum		values[3];
+	bool		mine;
+
+	values[0] = fe_uuid(run);
+	values[1] = Int32GetDatum(seq);
+	values[2] = Int32GetDatum(attempts);
+	fe_connect();
+	fe_exec(fe_plan(&plan_claimed,
+					"SELECT EXISTS (SELECT 1 FROM %1$s.flow_run_steps "
+					" WHERE run_id = $1 AND seq = $2 AND status = 'running' AND attempts = $3) "
+					"FROM %1$s.flow_runs WHERE id = $1 FOR UPDATE", 3, types),
+			values, NULL, SPI_OK_SELECT, 1);
+	mine = SPI_processed > 0 && fe_col_int(1) != 0;
+	fe_finish();
+	return mine;
+}
+
+/* Put a failed attempt back in the queue, due after delay_ms. */
+void
+FeCatalogRetryStep(pg_uuid_t *run, int seq, int delay_ms, const char *error)
+{
+	Oid			types[4] = {UUIDOID, INT4OID, INT4OID, TEXTOID};
+	Datum		values[4];
+
+	values[0] = fe_uuid(run);
+	values[1] = Int32GetDatum(seq);
+	values[2] = Int32GetDatum(delay_ms);
+	values[3] = fe_text(error);
+	fe_connect();
+	fe_exec(fe_plan(&plan_retry,
+					"UPDATE %1$s.flow_run_steps SET status = 'pending', lease_until = NULL, "
+					"due_at = clock_timestamp() + make_interval(secs => $3 / 1000.0), "
+					"error = $4::jsonb WHERE run_id = $1 AND seq = $2", 4, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	fe_finish();
+	FeWorkerWakeAtCommit();
+}
+
+/* Add one LLM response's usage to its step and its run. */
+void
+FeCatalogAddUsage(pg_uuid_t *run, int seq, const char *provider, const char *model,
+				  int64 tokens_in, int64 tokens_out, double cost)
+{
+	Oid			types[7] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, FLOAT8OID};
+	Datum		values[7];
+
+	values[0] = fe_uuid(run);
+	values[1] = Int32GetDatum(seq);
+	values[2] = fe_text(provider);
+	values[3] = fe_text(model);
+	values[4] = Int64GetDatum(tokens_in);
+	values[5] = Int64GetDatum(tokens_out);
+	values[6] = Float8GetDatum(cost);
+	fe_connect();
+	fe_exec(fe_plan(&plan_usage_step,
+					"UPDATE %1$s.flow_run_steps SET provider = $3, model = $4, "
+					"tokens_in = coalesce(tokens_in, 0) + $5, tokens_out = coalesce(tokens_out, 0) + $6, "
+					"cost = coalesce(cost, 0) + $7::numeric WHERE run_id = $1 AND seq = $2",
+					7, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	fe_exec(fe_plan(&plan_usage_run,
+					"UPDATE %1$s.flow_runs SET tokens_in = tokens_in + $5, "
+					"tokens_out = tokens_out + $6, cost = cost + $7::numeric "
+					"WHERE id = $1",
+					7, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	fe_finish();
+}
+
+/*
+ * Last resort for a poison result: fail the step and the run directly,
+ * without running any of the flow.
+ */
+void
+FeCatalogFailRun(pg_uuid_t *run, int seq, const char *error)
+{
+	Oid			types[3] = {UUIDOID, INT4OID, TEXTOID};
+	Datum		values[3];
+
+	values[0] = fe_uuid(run);
+	values[1] = Int32GetDatum(seq);
+	values[2] = fe_text(error);
+	fe_connect();
+	fe_exec(fe_plan(&plan_fail_step,
+					"UPDATE %1$s.flow_run_steps SET status = 'failed', error = $3::jsonb, "
+					"finished_at = clock_timestamp(), lease_until = NULL, due_at = NULL "
+					"WHERE run_id = $1 AND seq = $2", 3, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	fe_exec(fe_plan(&plan_fail_run,
+					"UPDATE %1$s.flow_runs SET status = 'failed', error = $3::jsonb, cursor = NULL, "
+					"timeout_at = NULL, updated_at = clock_timestamp(), finished_at = clock_timestamp() "
+					"WHERE id = $1 AND status IN ('running', 'waiting')",
+					3, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	fe_finish();
 }

@@ -76,6 +76,7 @@ typedef struct FeExec
 	int			next_event_seq; /* inbox row being consumed, or 0 */
 
 	int			transitions;
+	bool		entered;		/* some state was entered in this call */
 	bool		finished;
 	List	   *steps;
 	List	   *events;
@@ -183,6 +184,132 @@ fe_json_text(const char *json)
 	return pstrdup(json);
 }
 
+/* Call an sql function for step s; its {"event": ...} result is noted. */
+static bool
+fe_call_sql(FeExec *x, FeAction *a, FeStepRow *s, const char *function, char *args,
+			char **output, char **error)
+{
+	Jsonb	   *result;
+	ErrorData  *edata = NULL;
+
+	s->input = args;
+	result = FeCatalogCallSql(function, args, &edata);
+	if (edata)
+	{
+		*error = fe_error_json(x, edata->sqlerrcode,
+							   psprintf("sql step %s failed in state \"%s\" of flow \"%s\": %s",
+										function, x->flow->states[x->state].name,
+										x->flow->name, edata->message),
+							   edata->detail, edata->hint, a->executor_name, NULL);
+		fe_step_done(s, "failed", NULL, *error);
+		return false;
+	}
+	*output = result ? FeJsonbToText(result) : pstrdup("null");
+	if (result && JB_ROOT_IS_OBJECT(result))
+	{
+		JsonbValue	v;
+
+		if (getKeyJsonValueFromContainer(&result->root, "event", 5, &v) &&
+			v.type == jbvString)
+			x->result_event = pnstrdup(v.val.string.val, v.val.string.len);
+	}
+	return true;
+}
+
+static FeActResult
+fe_tool_failed(FeExec *x, FeAction *a, FeStepRow *s, int sqlstate, char *message,
+			   char *detail, char *hint, char **error)
+{
+	*error = fe_error_json(x, sqlstate, message, detail, hint, a->executor_name, NULL);
+	fe_step_done(s, "failed", NULL, *error);
+	return FE_ACT_FAILED;
+}
+
+/*
+ * A tool step: look the tool up in flow_tools and check the parameters
+ * against its schema.  An sql tool is called here, in the caller's
+ * transaction; an http tool's request is templated with `params` in scope
+ * and left pending for the worker.
+ */
+static FeActResult
+fe_tool(FeExec *x, FeAction *a, FeStepRow *s, char **output, char **error)
+{
+	Jsonb	   *config = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s->input)));
+	JsonbValue	v;
+	Jsonb	   *params;
+	FeToolRow	tool;
+	char	   *name;
+	char	   *why = NULL;
+	const char *sname = x->flow->states[x->state].name;
+
+	if (!JB_ROOT_IS_OBJECT(config) ||
+		!getKeyJsonValueFromContainer(&config->root, "name", 4, &v) || v.type != jbvString)
+		return fe_tool_failed(x, a, s, ERRCODE_INVALID_PARAMETER_VALUE,
+							  psprintf("tool step in state \"%s\" of flow \"%s\" names no tool",
+									   sname, x->flow->name),
+							  "Its config evaluated to no string \"name\".", NULL, error);
+	name = pnstrdup(v.val.string.val, v.val.string.len);
+	if (getKeyJsonValueFromContainer(&config->root, "params", 6, &v))
+		params = JsonbValueToJsonb(&v);
+	else
+		params = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	if (!FeCatalogFetchTool(name, &tool))
+		return fe_tool_failed(x, a, s, ERRCODE_UNDEFINED_OBJECT,
+							  psprintf("tool \"%s\" does not exist", name),
+							  psprintf("State \"%s\" of flow \"%s\" calls it.", sname, x->flow->name),
+							  "Insert it into flow_tools.", error);
+	if (!FeSchemaValidate(tool.parameters, params, &why))
+		return fe_tool_failed(x, a, s, ERRCODE_INVALID_PARAMETER_VALUE,
+							  psprintf("parameters of tool \"%s\" do not match its schema", name),
+							  psprintf("%s (state \"%s\" of flow \"%s\").", why, sname, x->flow->name),
+							  NULL, error);
+	if (strcmp(tool.kind, "sql") == 0)
+	{
+		if (!getKeyJsonValueFromContainer(&tool.config->root, "function", 8, &v) ||
+			v.type != jbvString)
+			return fe_tool_failed(x, a, s, ERRCODE_INVALID_PARAMETER_VALUE,
+								  psprintf("sql tool \"%s\" names no function", name),
+								  "Its config has no string \"function\".", NULL, error);
+		return fe_call_sql(x, a, s, pnstrdup(v.val.string.val, v.val.string.len),
+						   FeJsonbToText(params), output, error) ? FE_ACT_OK : FE_ACT_FAILED;
+	}
+	else
+	{
+		List	   *exprs = NIL;
+		char	   *perr = NULL;
+		FeTmpl	   *t = FeTmplParse(tool.config, &exprs, &perr);
+		char	   *key = psprintf("tool:%s:" UINT64_FORMAT, name, tool.xmin);
+		FeEvalResult r = {0};
+		bool		opened;
+
+		ListCell   *lc;
+
+		foreach(lc, exprs)
+			if (perr == NULL)
+				perr = FeExprCompileCheck(((FeExprSource *) lfirst(lc))->text);
+		if (t == NULL || perr)
+			return fe_tool_failed(x, a, s, ERRCODE_INVALID_PARAMETER_VALUE,
+								  psprintf("config of tool \"%s\" is not a valid template", name),
+								  psprintf("%s", perr), NULL, error);
+		FeExprBindFlow(key, exprs);
+		opened = FeExprScopeOpen(key, psprintf("{\"params\": %s}", FeJsonbToText(params)), &perr);
+		if (opened)
+		{
+			r = FeExprEvalTemplate(t);
+			FeExprScopeClose();
+		}
+		FeExprForgetFlow(key);
+		if (!opened || !r.ok)
+			return fe_tool_failed(x, a, s, ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
+								  psprintf("config of tool \"%s\" could not be evaluated", name),
+								  psprintf("%s.", opened ? r.error : perr), NULL, error);
+		s->input = psprintf("{\"tool\": %s, \"params\": %s, \"request\": %s}",
+							FeJsonQuote(name), FeJsonbToText(params), r.json);
+		s->status = "pending";
+		return FE_ACT_ASYNC;
+	}
+}
+
 /* ---------------------------------------------------------------------
  * Executors
  * ---------------------------------------------------------------------
@@ -251,8 +378,6 @@ fe_act(FeExec *x, FeAction *a, char **error)
 		case FE_EXEC_SQL:
 			{
 				char	   *args = "{}";
-				Jsonb	   *result;
-				ErrorData  *edata = NULL;
 
 				if (a->sql_args)
 				{
@@ -265,27 +390,8 @@ fe_act(FeExec *x, FeAction *a, char **error)
 					}
 					args = r.json;
 				}
-				s->input = args;
-				result = FeCatalogCallSql(a->sql_function, args, &edata);
-				if (edata)
-				{
-					*error = fe_error_json(x, edata->sqlerrcode,
-										   psprintf("sql step %s failed in state \"%s\" of flow \"%s\": %s",
-													a->sql_function, x->flow->states[x->state].name,
-													x->flow->name, edata->message),
-										   edata->detail, edata->hint, a->executor_name, NULL);
-					fe_step_done(s, "failed", NULL, *error);
+				if (!fe_call_sql(x, a, s, a->sql_function, args, &output, error))
 					return FE_ACT_FAILED;
-				}
-				output = result ? FeJsonbToText(result) : pstrdup("null");
-				if (result && JB_ROOT_IS_OBJECT(result))
-				{
-					JsonbValue	v;
-
-					if (getKeyJsonValueFromContainer(&result->root, "event", 5, &v) &&
-						v.type == jbvString)
-						x->result_event = pnstrdup(v.val.string.val, v.val.string.len);
-				}
 				break;
 			}
 		case FE_EXEC_HTTP:
@@ -305,6 +411,14 @@ fe_act(FeExec *x, FeAction *a, char **error)
 			}
 			else
 				s->input = "{}";
+			if (a->executor == FE_EXEC_TOOL)
+			{
+				FeActResult tr = fe_tool(x, a, s, &output, error);
+
+				if (tr != FE_ACT_OK)
+					return tr;
+				break;
+			}
 			s->status = "pending";
 			return FE_ACT_ASYNC;
 	}
@@ -480,7 +594,7 @@ fe_record_transition(FeExec *x, const char *event, const char *source,
 		e->seq = ++x->row.event_seq;
 		e->event = pstrdup(event);
 		e->source = source;
-		e->payload = (strcmp(source, "external") == 0 ||
+		e->payload = (strcmp(source, "external") == 0 || strcmp(source, "timer") == 0 ||
 					  strcmp(source, "error") == 0) ? x->payload : NULL;
 		e->status = "consumed";
 		e->from_state = (char *) from;
@@ -631,6 +745,7 @@ fe_enter(FeExec *x)
 	fe_record_transition(x, x->next_event, x->next_source, from->name, to->name,
 						 x->next_event_seq);
 	x->state = x->next_target;
+	x->entered = true;
 	x->row.state = to->name;
 	x->row.status = "running";
 	x->phase = FE_PHASE_ENTRY;
@@ -740,6 +855,33 @@ fe_result(FeExec *x, Jsonb *context)
 	return r;
 }
 
+/*
+ * A run that waits in a state with a timeout gets a timer, counted from
+ * when it began to wait there; the worker fires it.  Work for the worker
+ * (a pending step, a timer) wakes it when this transaction commits.
+ */
+static void
+fe_set_timer(FeExec *x)
+{
+	FeState    *st = &x->flow->states[x->state];
+	ListCell   *lc;
+
+	if (strcmp(x->row.status, "waiting") != 0 || st->timeout_ms <= 0)
+		x->row.timeout_at = 0;
+	else if (x->entered || x->row.timeout_at == 0 ||
+			 strcmp(x->initial_status, "waiting") != 0)
+	{
+		x->row.timeout_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), st->timeout_ms);
+		FeWorkerWakeAtCommit();
+	}
+	foreach(lc, x->steps)
+		if (strcmp(((FeStepRow *) lfirst(lc))->status, "pending") == 0)
+		{
+			FeWorkerWakeAtCommit();
+			break;
+		}
+}
+
 /* Write everything the call produced, and queue its notifications. */
 static FeRunResult *
 fe_persist(FeExec *x)
@@ -756,6 +898,7 @@ fe_persist(FeExec *x)
 		FeCatalogCancelPending(&x->row.id);
 		x->row.queued_events = 0;
 	}
+	fe_set_timer(x);
 	x->row.context = FeExprScopeContext(&err);
 	if (x->row.context == NULL)
 		ereport(ERROR,
@@ -1106,4 +1249,52 @@ FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
 	a.output = output ? FeJsonbToText(output) : NULL;
 	a.error = error;
 	return fe_call(&x, fe_body_complete, &a);
+}
+
+typedef struct FeTimerArg
+{
+	const char *payload;
+} FeTimerArg;
+
+static void
+fe_body_timer(FeExec *x, void *arg)
+{
+	FeState    *st = &x->flow->states[x->state];
+
+	x->row.timeout_at = 0;
+	if (FeStateTransition(st, "timeout"))
+	{
+		fe_deliver(x, "timeout", ((FeTimerArg *) arg)->payload, 0);
+		x->next_source = "timer";
+		fe_run(x);
+		return;
+	}
+	fe_fail_run(x, fe_error_json(x, ERRCODE_QUERY_CANCELED,
+								 psprintf("state \"%s\" of flow \"%s\" timed out after %d ms",
+										  st->name, x->flow->name, st->timeout_ms),
+								 "The state has no \"timeout\" transition.",
+								 "Add a \"timeout\" transition to the state.", NULL, NULL));
+}
+
+/*
+ * The worker found the timer of run `id` due: deliver "timeout" if the run
+ * still waits with that timer.  Returns false if there was nothing to do.
+ */
+bool
+FeEngineFireTimer(pg_uuid_t *id)
+{
+	FeRunRow	row;
+	FeExec		x;
+	FeTimerArg	a;
+	FeState    *st;
+
+	if (!FeCatalogLockRun(id, &row) || strcmp(row.status, "waiting") != 0 ||
+		row.timeout_at == 0 || row.timeout_at > GetCurrentTimestamp())
+		return false;
+	fe_exec_init(&x, FeFlowLoad(row.flow, row.version, false), &row, false);
+	st = &x.flow->states[x.state];
+	a.payload = psprintf("{\"state\": %s, \"timeout_ms\": %d}", FeJsonQuote(st->name),
+						 st->timeout_ms);
+	(void) fe_call(&x, fe_body_timer, &a);
+	return true;
 }

@@ -8,6 +8,9 @@
  *	  expr.c		Duktape expressions and {{ }} / ${ } templates
  *	  engine.c		advance a run: enter, act, decide, leave
  *	  catalog.c		every SPI access to the extension's tables
+ *	  schema.c		JSON Schema checks of tool parameters and LLM output
+ *	  worker.c		the background worker: claim, send, record, timers
+ *	  http.c		libcurl multi, the only file that includes curl
  *	  sql_api.c		thin PG_FUNCTION_INFO_V1 wrappers
  *	  module.c		_PG_init and GUCs
  *
@@ -26,6 +29,7 @@
 #include "access/xact.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #define FE_CHANNEL			"flow_engine"
@@ -34,6 +38,17 @@
 /* ---------- GUCs (module.c) ---------- */
 extern int	fe_max_transitions;
 extern int	fe_expr_memory_limit_kb;
+extern char *fe_database;
+extern int	fe_idle_timeout_ms;
+extern int	fe_max_inflight;
+extern int	fe_lease_margin_ms;
+extern int	fe_http_timeout_ms;
+extern int	fe_http_connect_timeout_ms;
+extern int	fe_http_max_response_kb;
+extern int	fe_http_max_host_connections;
+extern int	fe_retry_max_attempts;
+extern int	fe_retry_backoff_ms;
+extern char *fe_nlu_url;
 
 /* ---------- expressions (expr.c) ---------- */
 
@@ -238,6 +253,7 @@ typedef struct FeRunRow
 	int			event_seq;
 	int			message_seq;
 	int			queued_events;
+	TimestampTz timeout_at;		/* 0 = no timer */
 } FeRunRow;
 
 extern bool FeCatalogFetchDefinition(const char *name, int version, bool latest,
@@ -258,6 +274,53 @@ extern bool FeCatalogNextQueuedEvent(pg_uuid_t *run, int *seq, char **event,
 									 char **payload);
 extern void FeCatalogConsumeEvent(pg_uuid_t *run, int seq, const char *status,
 								  const char *from_state, const char *to_state);
+typedef struct FeToolRow
+{
+	char	   *name;
+	char	   *kind;			/* "http" or "sql" */
+	Jsonb	   *parameters;
+	Jsonb	   *config;
+	uint64		xmin;
+} FeToolRow;
+
+extern bool FeCatalogFetchTool(const char *name, FeToolRow *tool);
+
+/* the worker's queue */
+typedef struct FeClaim
+{
+	pg_uuid_t	run;
+	int			seq;
+	char	   *executor;
+	char	   *state;
+	Jsonb	   *input;
+	int			attempts;		/* including this one */
+} FeClaim;
+
+typedef struct FeProvider
+{
+	char	   *name;
+	char	   *base_url;		/* without a trailing slash */
+	char	   *model;
+	char	   *api_key;		/* or NULL */
+	double		cost_in_per_1k;
+	double		cost_out_per_1k;
+	int			timeout_ms;		/* 0 = the step's */
+} FeProvider;
+
+extern bool FeCatalogExtensionExists(void);
+extern List *FeCatalogClaimSteps(int limit, int default_timeout_ms, int chain, int margin_ms);
+extern uint64 FeCatalogReleaseSteps(TimestampTz before);
+extern void FeCatalogNextDue(TimestampTz *step, TimestampTz *lease, TimestampTz *timer);
+extern List *FeCatalogDueTimers(int limit);
+extern List *FeCatalogProviders(void);
+extern char *FeCatalogSecret(const char *name);
+extern bool FeCatalogStepClaimed(pg_uuid_t *run, int seq, int attempts);
+extern void FeCatalogRetryStep(pg_uuid_t *run, int seq, int delay_ms, const char *error);
+extern void FeCatalogAddUsage(pg_uuid_t *run, int seq, const char *provider, const char *model,
+							  int64 tokens_in, int64 tokens_out, double cost);
+extern void FeCatalogFailRun(pg_uuid_t *run, int seq, const char *error);
+typedef Datum (*FeGuardedFn) (void *arg);
+extern bool FeGuarded(FeGuardedFn fn, void *arg, Datum *result, ErrorData **error);
 extern Jsonb *FeCatalogCallSql(const char *function, const char *args_json,
 							   ErrorData **error);
 #define FE_FUNCTION_OK		0
@@ -284,6 +347,15 @@ extern FeRunResult *FeEngineSend(pg_uuid_t *run, const char *event, Jsonb *paylo
 extern FeRunResult *FeEngineCancel(pg_uuid_t *run);
 extern FeRunResult *FeEngineStepComplete(pg_uuid_t *run, int step,
 										 Jsonb *output, const char *error);
+extern bool FeEngineFireTimer(pg_uuid_t *run);
+
+/* ---------- JSON Schema subset (schema.c) ---------- */
+extern bool FeSchemaValidate(Jsonb *schema, Jsonb *value, char **why);
+
+/* ---------- the worker (worker.c) ---------- */
+extern void FeWorkerSetup(void);
+extern void FeWorkerWakeAtCommit(void);
+extern PGDLLEXPORT void FeWorkerMain(Datum arg);
 
 /* ---------- helpers shared by several files ---------- */
 extern char *FeJsonQuote(const char *s);

@@ -201,3 +201,13 @@ flow_step_complete(PG_FUNCTION_ARGS)
 													  PG_ARGISNULL(3) ? NULL :
 													  text_to_cstring(PG_GETARG_TEXT_PP(3)))));
 }
+
+PG_FUNCTION_INFO_V1(flow_worker_wake);
+
+/* flow_worker_wake(): wake the worker when this transaction commits. */
+Datum
+flow_worker_wake(PG_FUNCTION_ARGS)
+{
+	FeWorkerWakeAtCommit();
+	PG_RETURN_VOID();
+}
