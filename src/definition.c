@@ -262,6 +262,18 @@ fe_int(JsonbValue *v, int64 *out)
 	return errno == 0 && *end == '\0' && end != txt;
 }
 
+/* A string with a {{ }} or ${ } placeholder: its type is known only at run time. */
+static bool
+fe_is_placeholder(JsonbValue *v)
+{
+	char	   *s;
+
+	if (v->type != jbvString)
+		return false;
+	s = fe_str(v);
+	return strstr(s, "{{") != NULL || strstr(s, "${") != NULL;
+}
+
 static void
 fe_check_int(FeParse *ps, const char *path, JsonbContainer *c, const char *key,
 			 int min)
@@ -269,7 +281,7 @@ fe_check_int(FeParse *ps, const char *path, JsonbContainer *c, const char *key,
 	JsonbValue	v;
 	int64		n;
 
-	if (!fe_get(c, key, &v))
+	if (!fe_get(c, key, &v) || fe_is_placeholder(&v))
 		return;
 	if (!fe_int(&v, &n) || n < min || n > PG_INT32_MAX)
 		fe_problem(ps, "error", fe_path(path, key), "\"%s\" must be an integer of at least %d.",
@@ -355,7 +367,7 @@ fe_parse_executor_config(FeParse *ps, FeAction *a, const char *path,
 			fe_require_key(ps, cpath, "http", c, "url", &v);
 			if (v.type != jbvNull && v.type != jbvString)
 				fe_problem(ps, "error", fe_path(cpath, "url"), "\"url\" must be a string.");
-			if (fe_get(c, "method", &v))
+			if (fe_get(c, "method", &v) && !fe_is_placeholder(&v))
 			{
 				static const char *methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", NULL};
 				bool		ok = false;
@@ -369,10 +381,10 @@ fe_parse_executor_config(FeParse *ps, FeAction *a, const char *path,
 					fe_problem(ps, "error", fe_path(cpath, "method"),
 							   "\"method\" must be one of GET, POST, PUT, PATCH, DELETE or HEAD.");
 			}
-			if (fe_get(c, "headers", &v) && !fe_is_object(&v))
+			if (fe_get(c, "headers", &v) && !fe_is_object(&v) && !fe_is_placeholder(&v))
 				fe_problem(ps, "error", fe_path(cpath, "headers"), "\"headers\" must be an object.");
 			fe_check_int(ps, cpath, c, "timeout_ms", 1);
-			if (fe_get(c, "retry", &v))
+			if (fe_get(c, "retry", &v) && !fe_is_placeholder(&v))
 			{
 				if (!fe_is_object(&v))
 					fe_problem(ps, "error", fe_path(cpath, "retry"), "\"retry\" must be an object.");
@@ -390,10 +402,26 @@ fe_parse_executor_config(FeParse *ps, FeAction *a, const char *path,
 			if (fe_get(c, "messages", &v) && !fe_is_array(&v))
 				fe_problem(ps, "error", fe_path(cpath, "messages"), "\"messages\" must be an array.");
 			fe_check_int(ps, cpath, c, "max_tokens", 1);
-			if (fe_get(c, "temperature", &v) && v.type != jbvNumeric)
+			fe_check_int(ps, cpath, c, "timeout_ms", 1);
+			if (fe_get(c, "temperature", &v) && v.type != jbvNumeric && !fe_is_placeholder(&v))
 				fe_problem(ps, "error", fe_path(cpath, "temperature"), "\"temperature\" must be a number.");
+			if (fe_get(c, "schema", &v) && !fe_is_object(&v))
+				fe_problem(ps, "error", fe_path(cpath, "schema"), "\"schema\" must be a JSON Schema object.");
+			if (fe_get(c, "response_format", &v) && !fe_is_object(&v))
+				fe_problem(ps, "error", fe_path(cpath, "response_format"),
+						   "\"response_format\" must be an object such as {\"type\": \"json_object\"}.");
+			if (fe_get(c, "providers", &v) && !fe_is_array(&v))
+				fe_problem(ps, "error", fe_path(cpath, "providers"),
+						   "\"providers\" must be an array of provider names.");
 			break;
 		case FE_EXEC_NLU:
+			fe_require_key(ps, cpath, "nlu", c, "text", &v);
+			fe_check_int(ps, cpath, c, "timeout_ms", 1);
+			if (fe_get(c, "threshold", &v) && v.type != jbvNumeric && !fe_is_placeholder(&v))
+				fe_problem(ps, "error", fe_path(cpath, "threshold"),
+						   "\"threshold\" must be a number between 0 and 1.");
+			if (fe_get(c, "intents", &v) && !fe_is_array(&v) && !fe_is_placeholder(&v))
+				fe_problem(ps, "error", fe_path(cpath, "intents"), "\"intents\" must be an array.");
 			break;
 		case FE_EXEC_TOOL:
 			fe_require_key(ps, cpath, "tool", c, "name", &v);

@@ -1068,8 +1068,9 @@ fe_job_new(FeClaim *c, List *providers)
 		job->timeout_ms = (int) Min(fe_get_num(spec, "timeout_ms", fe_http_timeout_ms), 3600000.0);
 		retry = fe_sub(spec, "retry");
 	}
-	job->max_attempts = (int) fe_get_num(retry, "max_attempts", fe_retry_max_attempts);
-	job->backoff_ms = (int) fe_get_num(retry, "backoff_ms", fe_retry_backoff_ms);
+	job->timeout_ms = Max(job->timeout_ms, 1);	/* never "forever" */
+	job->max_attempts = (int) Min(Max(fe_get_num(retry, "max_attempts", fe_retry_max_attempts), 1), 100);
+	job->backoff_ms = (int) Min(Max(fe_get_num(retry, "backoff_ms", fe_retry_backoff_ms), 0), 3600000);
 	if (job->executor == FE_EXEC_LLM || job->executor == FE_EXEC_NLU)
 	{
 		Jsonb	   *only = fe_sub(job->input, "providers");

@@ -7,12 +7,17 @@
 #   FE_PORT       port of the throwaway cluster (default 54329)
 #   FE_CLUSTER    its data and socket directory (default /tmp/flow_engine_cluster)
 #   FE_SKIP_APT   set to 1 to skip package installation
+#   FE_DATABASE   database the flow_engine worker serves (default postgres)
+#   FE_HTTP_PORT  port of the loopback test HTTP server (default FE_PORT + 11)
 
 set -euo pipefail
 
 FE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FE_PORT=${FE_PORT:-54329}
 FE_CLUSTER=${FE_CLUSTER:-/tmp/flow_engine_cluster}
+FE_DATABASE=${FE_DATABASE:-postgres}
+FE_HTTP_PORT=${FE_HTTP_PORT:-$((FE_PORT + 11))}
+FE_HTTP_PID=
 FE_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 \
 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl duktape-dev \
 libcurl4-openssl-dev"
@@ -54,9 +59,31 @@ fe_psql() {
 }
 
 fe_cluster_stop() {
+    if [ -n "$FE_HTTP_PID" ]; then kill "$FE_HTTP_PID" 2>/dev/null || true; FE_HTTP_PID=; fi
     if [ -f "$FE_CLUSTER/data/postmaster.pid" ]; then
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$FE_CLUSTER/data" -m immediate stop >/dev/null 2>&1 || true
     fi
+}
+
+# Wait (up to $2 seconds) until command $1 succeeds.
+fe_wait_for() {
+    local cmd=$1 limit=${2:-30} i=0
+    until eval "$cmd" >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -gt $((limit * 10)) ]; then return 1; fi
+        sleep 0.1
+    done
+}
+
+# The loopback HTTP server the tests call (test/lib/http_server.py).
+fe_http_server_start() {
+    fe_log "starting the test HTTP server on 127.0.0.1:$FE_HTTP_PORT"
+    python3 "$FE_ROOT/test/lib/http_server.py" "$FE_HTTP_PORT" "$FE_CLUSTER/http.log" \
+        >"$FE_CLUSTER/http_server.out" 2>&1 &
+    FE_HTTP_PID=$!
+    fe_wait_for "curl -sf http://127.0.0.1:$FE_HTTP_PORT/echo" 30 ||
+        { echo "the test HTTP server did not start" >&2; return 1; }
+    chmod 644 "$FE_CLUSTER/http.log"
 }
 
 # A fresh cluster with flow_engine preloaded; stopped on exit.
@@ -79,6 +106,10 @@ shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
 log_min_messages = warning
+flow_engine.database = '$FE_DATABASE'
+fe_test.http = 'http://127.0.0.1:$FE_HTTP_PORT'
+fe_test.http_log = '$FE_CLUSTER/http.log'
+fe_test.server_log = '$FE_CLUSTER/server.log'
 CONF
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$FE_CLUSTER/data" -l "$FE_CLUSTER/server.log" \
         -w -t 60 start >/dev/null

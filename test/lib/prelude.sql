@@ -19,3 +19,26 @@ EXCEPTION WHEN OTHERS THEN
   GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
   RETURN d;
 END $$;
+
+-- Wait until the boolean query `cond` is true, up to `timeout_s` seconds;
+-- returns whether it became true.  Each check sees the latest commits.
+CREATE OR REPLACE FUNCTION pg_temp.wait_until(cond text, timeout_s float8 DEFAULT 30)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  deadline timestamptz := clock_timestamp() + make_interval(secs => timeout_s);
+  ok boolean;
+BEGIN
+  LOOP
+    EXECUTE cond INTO ok;
+    IF ok THEN RETURN true; END IF;
+    IF clock_timestamp() > deadline THEN RETURN false; END IF;
+    PERFORM pg_sleep(0.02);
+  END LOOP;
+END $$;
+
+-- The requests the loopback test server has received (test/lib/http_server.py).
+CREATE OR REPLACE FUNCTION pg_temp.http_log() RETURNS SETOF jsonb LANGUAGE sql AS $$
+  SELECT line::jsonb
+  FROM regexp_split_to_table(pg_read_file(current_setting('fe_test.http_log')), E'\n') AS line
+  WHERE line <> ''
+$$;

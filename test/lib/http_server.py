@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Loopback HTTP server for flow_engine's tests (Python standard library only).
+
+Usage: http_server.py PORT LOGFILE
+
+Every request is appended to LOGFILE as one JSON line:
+{"method", "path", "headers" (lower-case names), "body", "at" (epoch seconds)}.
+
+Endpoints
+  /echo                   200, JSON echo of method, path, query, headers, body
+  /status/<code>          that status, JSON body {"status": code}
+  /slow/<ms>              waits <ms> ms, then 200 {"slept": ms}
+  /flaky/<n>              500 for the first <n> requests with one Idempotency-Key, then 200
+  /text                   200 text/plain that is not JSON
+  /badjson                200 application/json whose body is not JSON
+  /huge/<bytes>           200 with a body of <bytes> bytes
+  /hang                   never answers within any test timeout (60 s)
+  /nlu                    classifier: {"intent", "confidence", "entities"}
+  /llm/<mode>/chat/completions   OpenAI-compatible chat; <mode>:
+        ok        answers (JSON content when response_format asks for it)
+        500       HTTP 500
+        badbody   200 with a body that is not JSON
+        badschema JSON content missing a required property
+        slow      like ok after 2 s
+"""
+import json
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Lock
+
+LOG_LOCK = Lock()
+FLAKY = {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def _body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return raw.decode("utf-8", "replace")
+
+    def _log(self, body):
+        rec = {"method": self.command, "path": self.path, "at": time.time(),
+               "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+        with LOG_LOCK, open(LOGFILE, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _send(self, code, payload, ctype="application/json"):
+        data = payload if isinstance(payload, bytes) else (
+            payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Test-Server", "flow_engine")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self):
+        body = self._body()
+        self._log(body)
+        path, _, query = self.path.partition("?")
+        parts = [p for p in path.split("/") if p]
+        head = parts[0] if parts else ""
+        if head == "echo":
+            return self._send(200, {"method": self.command, "path": path, "query": query,
+                                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                                    "body": body})
+        if head == "status":
+            code = int(parts[1])
+            return self._send(code, {"status": code})
+        if head == "slow":
+            ms = int(parts[1])
+            time.sleep(ms / 1000.0)
+            return self._send(200, {"slept": ms})
+        if head == "flaky":
+            key = self.headers.get("Idempotency-Key", "")
+            with LOG_LOCK:
+                FLAKY[key] = FLAKY.get(key, 0) + 1
+                seen = FLAKY[key]
+            if seen <= int(parts[1]):
+                return self._send(500, {"error": "flaky", "attempt": seen})
+            return self._send(200, {"attempt": seen})
+        if head == "text":
+            return self._send(200, "hello, this is not JSON", "text/plain")
+        if head == "badjson":
+            return self._send(200, "{not json", "application/json")
+        if head == "huge":
+            return self._send(200, b"x" * int(parts[1]), "text/plain")
+        if head == "hang":
+            time.sleep(60)
+            return self._send(200, {})
+        if head == "nlu":
+            text = (body or {}).get("text", "") if isinstance(body, dict) else ""
+            if "pizza" in text:
+                return self._send(200, {"intent": "order_food", "confidence": 0.92,
+                                        "entities": {"dish": "pizza"}})
+            return self._send(200, {"intent": "unknown", "confidence": 0.3, "entities": {}})
+        if head == "llm":
+            return self._llm(parts[1] if len(parts) > 1 else "ok", body)
+        return self._send(404, {"error": "no such endpoint", "path": path})
+
+    def _llm(self, mode, body):
+        if mode == "500":
+            return self._send(500, {"error": {"message": "provider down"}})
+        if mode == "badbody":
+            return self._send(200, "<html>gateway</html>", "text/html")
+        if mode == "slow":
+            time.sleep(2)
+        body = body if isinstance(body, dict) else {}
+        messages = body.get("messages") or []
+        last = messages[-1].get("content", "") if messages else ""
+        system = " ".join(m.get("content", "") for m in messages if m.get("role") == "system")
+        if "Classify" in system:
+            content = json.dumps({"intent": "order_food" if "pizza" in last or "hungry" in last else "smalltalk",
+                                  "entities": {}, "confidence": 0.88})
+        elif body.get("response_format"):
+            content = json.dumps({"name": "pizza"} if mode == "badschema"
+                                 else {"name": "pizza", "qty": 2})
+        else:
+            content = "echo: " + str(last)
+        return self._send(200, {
+            "id": "chatcmpl-test", "object": "chat.completion", "model": body.get("model", "test"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    def do_HEAD(self):
+        self._log(None)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+if __name__ == "__main__":
+    port, LOGFILE = int(sys.argv[1]), sys.argv[2]
+    open(LOGFILE, "w").close()
+    Server(("127.0.0.1", port), Handler).serve_forever()
