@@ -1020,11 +1020,13 @@ FeCatalogDueTimers(int limit)
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
-		pg_uuid_t  *id = MemoryContextAlloc(caller, sizeof(pg_uuid_t));
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 
 		memcpy(id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
 											   1, &isnull)), sizeof(pg_uuid_t));
 		ids = lappend(ids, id);
+		MemoryContextSwitchTo(old);
 	}
 	fe_finish();
 	return ids;
