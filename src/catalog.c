@@ -50,26 +50,52 @@
 static char *fe_schema = NULL;
 static char *fe_col_str(MemoryContext mcxt, int col);
 
-/* The extension's schema, quoted; looked up once per backend. */
+/*
+ * The extension's schema, quoted, and its installed version; NULL schema
+ * if it is not installed.  Needs an SPI connection.
+ */
+static char *
+fe_ext_lookup(char **version)
+{
+	int			rc;
+
+	rc = SPI_execute("SELECT quote_ident(n.nspname), e.extversion FROM pg_catalog.pg_extension e "
+					 "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+					 "WHERE e.extname = 'flow_engine'", true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the flow_engine schema: %s",
+			 SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return NULL;
+	*version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * The extension's schema, quoted; looked up once per backend.  The
+ * library only works with the schema of its own version: after a package
+ * upgrade, ALTER EXTENSION UPDATE brings the schema up to date.
+ */
 static const char *
 fe_ext_schema(void)
 {
 	if (fe_schema == NULL)
 	{
-		int			rc;
+		char	   *version = NULL;
+		char	   *schema = fe_ext_lookup(&version);
 
-		rc = SPI_execute("SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e "
-						 "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-						 "WHERE e.extname = 'flow_engine'", true, 1);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "could not look up the flow_engine schema: %s",
-				 SPI_result_code_string(rc));
-		if (SPI_processed == 0)
+		if (schema == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("extension \"flow_engine\" is not installed in this database"),
 					 errhint("Run CREATE EXTENSION flow_engine.")));
-		fe_schema = fe_col_str(TopMemoryContext, 1);
+		if (strcmp(version, FE_VERSION) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"flow_engine\" is at version %s, but its library is version %s",
+							version, FE_VERSION),
+					 errhint("Run ALTER EXTENSION flow_engine UPDATE.")));
+		fe_schema = MemoryContextStrdup(TopMemoryContext, schema);
 	}
 	return fe_schema;
 }
@@ -891,11 +917,22 @@ static SPIPlanPtr plan_usage_run = NULL;
 static SPIPlanPtr plan_fail_step = NULL;
 static SPIPlanPtr plan_fail_run = NULL;
 
-/* Is the extension installed in this database?  (The worker asks.) */
+/*
+ * Is the extension installed in this database, at the library's version?
+ * (The worker asks each turn; it leaves a database alone until it is.)
+ */
 bool
 FeCatalogExtensionExists(void)
 {
-	return OidIsValid(get_extension_oid("flow_engine", true));
+	char	   *version = NULL;
+	bool		ready;
+
+	if (!OidIsValid(get_extension_oid("flow_engine", true)))
+		return false;
+	fe_connect();
+	ready = fe_ext_lookup(&version) != NULL && strcmp(version, FE_VERSION) == 0;
+	fe_finish();
+	return ready;
 }
 
 /*

@@ -1187,10 +1187,17 @@ fe_claim(int capacity, FeDue *due)
 			{
 				FeClaim    *c = (FeClaim *) lfirst(lc);
 
+				FeJob	   *job;
+				MemoryContext old;
+
 				if (providers == NIL &&
 					(strcmp(c->executor, "llm") == 0 || strcmp(c->executor, "nlu") == 0))
 					providers = FeCatalogProviders();
-				jobs = lappend(jobs, fe_job_new(c, providers));
+				job = fe_job_new(c, providers);
+				/* lists that outlive the transaction live in the loop's context */
+				old = MemoryContextSwitchTo(fe_loop_cxt);
+				jobs = lappend(jobs, job);
+				MemoryContextSwitchTo(old);
 			}
 			foreach(lc, jobs)
 			{
@@ -1200,7 +1207,10 @@ fe_claim(int capacity, FeDue *due)
 
 				if (FeGuarded(fe_build_guarded, job, &d, &e))
 				{
+					MemoryContext old = MemoryContextSwitchTo(fe_loop_cxt);
+
 					ready = lappend(ready, job);
+					MemoryContextSwitchTo(old);
 					continue;
 				}
 				jobs = foreach_delete_current(jobs, lc);
@@ -1259,7 +1269,12 @@ fe_record(List *done)
 				fe_poison(job, e);
 			}
 			if (job->again)
+			{
+				MemoryContext old = MemoryContextSwitchTo(fe_loop_cxt);
+
 				again = lappend(again, job);
+				MemoryContextSwitchTo(old);
+			}
 		}
 		fe_xact_end();
 	}

@@ -35,6 +35,9 @@ FLAKY = {}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out as two writes; without this, Nagle's algorithm
+    # holds the body back until the client ACKs the headers
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):  # quiet
         pass

@@ -42,3 +42,14 @@ CREATE OR REPLACE FUNCTION pg_temp.http_log() RETURNS SETOF jsonb LANGUAGE sql A
   FROM regexp_split_to_table(pg_read_file(current_setting('fe_test.http_log')), E'\n') AS line
   WHERE line <> ''
 $$;
+
+-- The hint of the error a statement raises (NULL if it raises none).
+CREATE OR REPLACE FUNCTION pg_temp.error_hint(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE h text;
+BEGIN
+  EXECUTE stmt;
+  RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT;
+  RETURN h;
+END $$;
