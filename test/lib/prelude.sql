@@ -33,6 +33,7 @@ BEGIN
     IF ok THEN RETURN true; END IF;
     IF clock_timestamp() > deadline THEN RETURN false; END IF;
     PERFORM pg_sleep(0.02);
+    PERFORM pg_stat_clear_snapshot();   -- pg_stat_activity is otherwise frozen
   END LOOP;
 END $$;
 

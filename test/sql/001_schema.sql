@@ -1,7 +1,7 @@
 -- The extension installs its objects, callable unqualified.
 \i test/lib/prelude.sql
 BEGIN;
-SELECT plan(22);
+SELECT plan(27);
 
 SELECT is((SELECT extversion FROM pg_extension WHERE extname = 'flow_engine'),
           (SELECT default_version FROM pg_available_extensions WHERE name = 'flow_engine'),
@@ -16,6 +16,11 @@ SELECT has_table('flow_run_steps');
 SELECT has_table('flow_events');
 SELECT has_table('flow_messages');
 SELECT has_view('flow_active_runs');
+SELECT has_table('flow_providers');
+SELECT has_table('flow_tools');
+SELECT has_table('flow_secrets');
+SELECT has_index('flow_run_steps', 'flow_run_steps_leased', 'running steps are indexed by lease');
+SELECT has_index('flow_runs', 'flow_runs_timeout', 'timers are indexed by due time');
 SELECT col_is_pk('flow_runs', 'id');
 SELECT col_is_pk('flow_run_steps', ARRAY['run_id', 'seq']);
 SELECT col_is_pk('flow_events', ARRAY['run_id', 'seq']);

@@ -86,6 +86,9 @@ SELECT flow_define($${
       "transitions": {"always": "done"}},
     "done": {}
   }}$$) \gset
+INSERT INTO flow_tools (name, kind, config)
+VALUES ('distance', 'http', '{"url": "http://tools.local/distance?from={{ params.from }}"}')
+ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, config = excluded.config;
 SELECT set_config('fe.run', id::text, false) AS r FROM flow_execute('t_async_all', '{"name": "Ann"}') \gset
 SELECT is((SELECT executor || ' ' || input::text FROM flow_run_steps WHERE run_id = :'r' AND status = 'pending'),
   'llm {"model": "m", "prompt": "Hi Ann"}', 'llm parks the run');

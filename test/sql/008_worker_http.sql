@@ -3,9 +3,12 @@
 -- Runs are committed (the worker only sees commits); every wait is on a
 -- condition with a timeout.
 \i test/lib/prelude.sql
-SELECT plan(49);
+SELECT plan(50);
 
 SELECT current_setting('fe_test.http') AS http \gset
+-- the worker connects once this database exists (it retries every second)
+SELECT pg_temp.wait_until($$SELECT count(*) = 1 FROM pg_stat_activity
+  WHERE backend_type = 'flow_engine worker' AND datname = current_database()$$, 60) AS worker_up \gset
 SELECT pid AS worker_pid FROM pg_stat_activity WHERE backend_type = 'flow_engine worker' \gset
 
 SELECT is((SELECT count(*)::int FROM pg_stat_activity
@@ -136,6 +139,8 @@ SELECT is((SELECT count(*)::int FROM flow_runs r WHERE id = :'r9' AND r::text LI
           'the secret is not in the run or its context');
 SELECT is((SELECT (pg_temp.step(:'r9')).input->'headers'->>'Authorization'), 'Bearer {secret:t_token}',
           'the step keeps the reference, not the value');
+SELECT is(position('tok-8c1f-SECRET' IN pg_read_file(current_setting('fe_test.server_log'))), 0,
+          'the secret is in no server log line');
 SELECT pg_temp.start('/status/200', '{"headers": {"Authorization": "Bearer {secret:no_such}"}}') AS r10 \gset
 SELECT ok(pg_temp.wait_run(:'r10'), 'a missing secret ends its run');
 SELECT matches((SELECT context->>'why' FROM flow_runs WHERE id = :'r10'), 'secret "no_such" does not exist',
