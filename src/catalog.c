@@ -620,9 +620,12 @@ static SPIPlanPtr plan_cancel_events = NULL;
 static SPIPlanPtr plan_next_event = NULL;
 static SPIPlanPtr plan_consume_event = NULL;
 
-/* Is step `seq` of `run` still pending (or in flight)?  Locks it. */
+/*
+ * Is step `seq` of `run` still pending (or in flight)?  Locks it.  With
+ * attempts >= 0, only a running step claimed for that attempt counts.
+ */
 bool
-FeCatalogStepPending(pg_uuid_t *run, int seq, char **executor)
+FeCatalogStepPending(pg_uuid_t *run, int seq, int attempts, char **executor)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	Oid			types[2] = {UUIDOID, INT4OID};
@@ -633,7 +636,7 @@ FeCatalogStepPending(pg_uuid_t *run, int seq, char **executor)
 	values[1] = Int32GetDatum(seq);
 	fe_connect();
 	fe_exec(fe_plan(&plan_step_lock,
-					"SELECT executor, status FROM %1$s.flow_run_steps "
+					"SELECT executor, status, attempts FROM %1$s.flow_run_steps "
 					"WHERE run_id = $1 AND seq = $2 FOR UPDATE", 2, types),
 			values, NULL, SPI_OK_SELECT, 1);
 	if (SPI_processed > 0)
@@ -641,7 +644,10 @@ FeCatalogStepPending(pg_uuid_t *run, int seq, char **executor)
 		char	   *status = fe_col_str(caller, 2);
 
 		*executor = fe_col_str(caller, 1);
-		pending = strcmp(status, "pending") == 0 || strcmp(status, "running") == 0;
+		if (attempts >= 0)
+			pending = strcmp(status, "running") == 0 && fe_col_int(3) == attempts;
+		else
+			pending = strcmp(status, "pending") == 0 || strcmp(status, "running") == 0;
 	}
 	fe_finish();
 	return pending;

@@ -22,6 +22,7 @@
 #include "flow_engine.h"
 
 #include "lib/stringinfo.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -926,6 +927,7 @@ typedef struct FeCacheEntry
 {
 	FeCacheKey	key;
 	FeFlow	   *flow;
+	LocalTransactionId checked;	/* transaction that last checked the xmin */
 } FeCacheEntry;
 
 static HTAB *fe_cache = NULL;
@@ -947,6 +949,21 @@ FeFlowLoad(const char *name, int version, bool latest)
 				old;
 	List	   *problems = NIL;
 	FeFlow	   *flow;
+
+	/*
+	 * Versions are immutable, so an exact version checked once in this
+	 * transaction needs no second look (the worker records many results of
+	 * one flow per transaction).
+	 */
+	if (!latest && fe_cache && strlen(name) <= FE_MAX_NAME)
+	{
+		memset(&key, 0, sizeof(key));
+		strlcpy(key.name, name, sizeof(key.name));
+		key.version = version;
+		entry = hash_search(fe_cache, &key, HASH_FIND, NULL);
+		if (entry && entry->flow && entry->checked == MyProc->lxid)
+			return entry->flow;
+	}
 
 	if (strlen(name) > FE_MAX_NAME ||
 		!FeCatalogFetchDefinition(name, version, latest, &found_version, &xmin, NULL))
@@ -976,7 +993,10 @@ FeFlowLoad(const char *name, int version, bool latest)
 	key.version = found_version;
 	entry = hash_search(fe_cache, &key, HASH_ENTER, &found);
 	if (found && entry->flow != NULL && entry->flow->xmin == xmin)
+	{
+		entry->checked = MyProc->lxid;
 		return entry->flow;
+	}
 	if (found && entry->flow != NULL)
 	{
 		FeExprForgetFlow(entry->flow->cache_key);
@@ -1007,5 +1027,6 @@ FeFlowLoad(const char *name, int version, bool latest)
 			 name, found_version, xmin);
 	FeExprBindFlow(flow->cache_key, flow->exprs);
 	entry->flow = flow;
+	entry->checked = MyProc->lxid;
 	return flow;
 }

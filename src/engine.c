@@ -1221,9 +1221,15 @@ fe_body_complete(FeExec *x, void *arg)
 	fe_run(x);
 }
 
-/* flow_step_complete: a pending asynchronous step finished; resume. */
-FeRunResult *
-FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
+/*
+ * A pending asynchronous step finished: resume the run.  With attempts >= 0
+ * (the worker), a step that is no longer the claimed attempt (cancelled,
+ * completed elsewhere, re-claimed) is left alone and *stale is set;
+ * otherwise that is an error.
+ */
+static FeRunResult *
+fe_step_complete(pg_uuid_t *id, int step, int attempts, Jsonb *output, const char *error,
+				 bool *stale)
 {
 	FeRunRow	row;
 	FeExec		x;
@@ -1232,6 +1238,11 @@ FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
 	int			pending;
 
 	fe_lock(id, &row);
+	if (attempts >= 0 && fe_status_finished(row.status))
+	{
+		*stale = true;
+		return NULL;
+	}
 	if (fe_status_finished(row.status))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1239,16 +1250,43 @@ FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
 				 errdetail("The run of flow \"%s\" is already %s.", row.flow, row.status)));
 	fe_exec_init(&x, FeFlowLoad(row.flow, row.version, false), &row, false);
 	pending = row.cursor ? fe_cursor_restore(&x) : 0;
-	if (pending != step || !FeCatalogStepPending(id, step, &executor))
+	if (pending != step || !FeCatalogStepPending(id, step, attempts, &executor))
+	{
+		if (attempts >= 0)
+		{
+			*stale = true;
+			return NULL;
+		}
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("step %d of flow run %s is not pending", step, fe_run_label(id)),
 				 pending > 0 ? errdetail("The run is waiting for step %d.", pending)
 				 : errdetail("The run has no pending step; it is %s.", row.status)));
+	}
 	a.step = step;
 	a.output = output ? FeJsonbToText(output) : NULL;
 	a.error = error;
 	return fe_call(&x, fe_body_complete, &a);
+}
+
+/* flow_step_complete */
+FeRunResult *
+FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
+{
+	bool		stale = false;
+
+	return fe_step_complete(id, step, -1, output, error, &stale);
+}
+
+/* The worker's result for the attempt it claimed; false if it is stale. */
+bool
+FeEngineStepCompleteClaimed(pg_uuid_t *id, int step, int attempts, Jsonb *output,
+							const char *error)
+{
+	bool		stale = false;
+
+	(void) fe_step_complete(id, step, attempts, output, error, &stale);
+	return !stale;
 }
 
 typedef struct FeTimerArg

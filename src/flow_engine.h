@@ -266,7 +266,7 @@ extern void FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished,
 extern void FeCatalogInsertSteps(pg_uuid_t *run, List *steps);
 extern void FeCatalogInsertEvents(pg_uuid_t *run, List *events);
 extern void FeCatalogInsertMessages(pg_uuid_t *run, List *messages);
-extern bool FeCatalogStepPending(pg_uuid_t *run, int seq, char **executor);
+extern bool FeCatalogStepPending(pg_uuid_t *run, int seq, int attempts, char **executor);
 extern void FeCatalogFinishStep(pg_uuid_t *run, int seq, const char *status,
 								const char *output, const char *error);
 extern void FeCatalogCancelPending(pg_uuid_t *run);
@@ -347,6 +347,8 @@ extern FeRunResult *FeEngineSend(pg_uuid_t *run, const char *event, Jsonb *paylo
 extern FeRunResult *FeEngineCancel(pg_uuid_t *run);
 extern FeRunResult *FeEngineStepComplete(pg_uuid_t *run, int step,
 										 Jsonb *output, const char *error);
+extern bool FeEngineStepCompleteClaimed(pg_uuid_t *run, int step, int attempts,
+										Jsonb *output, const char *error);
 extern bool FeEngineFireTimer(pg_uuid_t *run);
 
 /* ---------- JSON Schema subset (schema.c) ---------- */

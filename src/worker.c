@@ -38,6 +38,7 @@
 
 #include "access/xact.h"
 #include "common/pg_prng.h"
+#include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -288,13 +289,23 @@ fe_parse_guarded(void *arg)
 	return JsonbPGetDatum(fe_parse((const char *) arg));
 }
 
-/* Parse JSON text; NULL if it is not JSON. */
+/*
+ * Parse JSON text; NULL if it is not JSON.  The JSON lexer checks the
+ * syntax without raising; only text with \u escapes (which jsonb may still
+ * refuse) is parsed in a subtransaction.
+ */
 static Jsonb *
 fe_try_parse(const char *text)
 {
 	Datum		d;
 	ErrorData  *e = NULL;
+	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) text, strlen(text),
+													   GetDatabaseEncoding(), false);
 
+	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
+		return NULL;
+	if (strstr(text, "\\u") == NULL)
+		return fe_parse(text);
 	if (!FeGuarded(fe_parse_guarded, (void *) text, &d, &e))
 		return NULL;
 	return DatumGetJsonbP(d);
@@ -686,7 +697,8 @@ fe_why(FeJob *job)
 static void
 fe_complete(FeJob *job, const char *output, const char *error)
 {
-	(void) FeEngineStepComplete(&job->run, job->seq, output ? fe_parse(output) : NULL, error);
+	(void) FeEngineStepCompleteClaimed(&job->run, job->seq, job->attempts,
+									   output ? fe_parse(output) : NULL, error);
 }
 
 /*
@@ -930,8 +942,14 @@ fe_settle(void *arg)
 	FeJob	   *job = (FeJob *) arg;
 
 	job->again = false;
-	if (!FeCatalogStepClaimed(&job->run, job->seq, job->attempts))
-		return (Datum) 0;		/* cancelled, completed elsewhere, or re-claimed */
+	/*
+	 * A stale result (run cancelled, step completed elsewhere, lease lapsed
+	 * and re-claimed) is dropped.  A successful http result is checked by
+	 * the engine as it records it; anything else is checked here first.
+	 */
+	if (!((job->executor == FE_EXEC_HTTP || job->executor == FE_EXEC_TOOL) && fe_ok(job->req)) &&
+		!FeCatalogStepClaimed(&job->run, job->seq, job->attempts))
+		return (Datum) 0;
 	if (job->req->too_large && job->executor != FE_EXEC_HTTP && job->executor != FE_EXEC_TOOL)
 	{
 		fe_attempt_failed(job, fe_why(job), false);
