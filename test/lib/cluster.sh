@@ -20,7 +20,7 @@ FE_HTTP_PORT=${FE_HTTP_PORT:-$((FE_PORT + 11))}
 FE_HTTP_PID=
 FE_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 \
 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl duktape-dev \
-libcurl4-openssl-dev"
+libcurl4-openssl-dev curl"
 PGBIN=/usr/lib/postgresql/15/bin
 
 fe_log() { printf '==> %s\n' "$*" >&2; }
