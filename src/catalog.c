@@ -217,27 +217,176 @@ fe_col_text(FeColumn *c, int i, const char *s)
 }
 
 /*
- * INSERT ... SELECT $1, ... FROM unnest($2, ...): run `sql` with the run id
- * and one array per column, each of n values.
+ * Run `sql`, whose parameters $1..$ncols are one array per column, each of
+ * n values (INSERT ... SELECT ... FROM unnest(...), UPDATE ... FROM unnest).
+ * Column 0 is always the run ids.
  */
 static void
-fe_insert_batch(SPIPlanPtr *slot, const char *sql, pg_uuid_t *run,
-				FeColumn *cols, int ncols, int n)
+fe_exec_arrays(SPIPlanPtr *slot, const char *sql, FeColumn *cols, int ncols, int n,
+			   int expect)
 {
-	Oid		   *types = palloc(sizeof(Oid) * (ncols + 1));
-	Datum	   *values = palloc(sizeof(Datum) * (ncols + 1));
+	Oid		   *types = palloc(sizeof(Oid) * ncols);
+	Datum	   *values = palloc(sizeof(Datum) * ncols);
 	int			c;
 
-	types[0] = UUIDOID;
-	values[0] = fe_uuid(run);
 	for (c = 0; c < ncols; c++)
 	{
-		types[c + 1] = get_array_type(cols[c].type);
-		values[c + 1] = fe_array(cols[c].values, cols[c].nulls, n, cols[c].type);
+		types[c] = get_array_type(cols[c].type);
+		values[c] = fe_array(cols[c].values, cols[c].nulls, n, cols[c].type);
 	}
 	fe_connect();
-	fe_exec(fe_plan(slot, sql, ncols + 1, types), values, NULL, SPI_OK_INSERT, 0);
+	fe_exec(fe_plan(slot, sql, ncols, types), values, NULL, expect, 0);
 	fe_finish();
+}
+
+/* ---------------------------------------------------------------------
+ * Deferred writes
+ *
+ * In the worker's record transaction many runs are advanced one after the
+ * other.  Their step, event, message and run-row writes are then buffered
+ * and written per table in one set-based statement (FeCatalogDeferFlush)
+ * instead of one statement per run.  Reads that could see the buffered
+ * rows flush first: a user's sql function, and locking a run that has
+ * buffered writes.  A failed subtransaction drops what it buffered
+ * (FeCatalogDeferMark / FeCatalogDeferUndo).
+ * ---------------------------------------------------------------------
+ */
+typedef struct FeFinishRow
+{
+	pg_uuid_t	run;
+	int			seq;
+	const char *status;
+	const char *output;
+	const char *error;
+} FeFinishRow;
+
+typedef struct FeSaveRow
+{
+	FeRunRow	row;
+	bool		finished;
+} FeSaveRow;
+
+typedef struct FeDeferred
+{
+	bool		on;
+	List	   *step_runs;		/* pg_uuid_t *, one per row of steps */
+	List	   *steps;			/* FeStepRow * */
+	List	   *event_runs;
+	List	   *events;
+	List	   *message_runs;
+	List	   *messages;
+	List	   *finishes;		/* FeFinishRow * */
+	List	   *saves;			/* FeSaveRow * */
+} FeDeferred;
+
+static FeDeferred fe_defer;
+
+static void fe_write_steps(List *runs, List *steps);
+static void fe_write_events(List *runs, List *events);
+static void fe_write_messages(List *runs, List *messages);
+static void fe_write_finishes(List *finishes);
+static void fe_write_saves(List *saves);
+
+/* Buffer writes until FeCatalogDeferFlush (the current transaction only). */
+void
+FeCatalogDeferBegin(void)
+{
+	memset(&fe_defer, 0, sizeof(fe_defer));
+	fe_defer.on = true;
+}
+
+/* Stop buffering (after a flush, or when the transaction was aborted). */
+void
+FeCatalogDeferEnd(void)
+{
+	memset(&fe_defer, 0, sizeof(fe_defer));
+}
+
+void
+FeCatalogDeferMark(int *mark)
+{
+	mark[0] = list_length(fe_defer.steps);
+	mark[1] = list_length(fe_defer.events);
+	mark[2] = list_length(fe_defer.messages);
+	mark[3] = list_length(fe_defer.finishes);
+	mark[4] = list_length(fe_defer.saves);
+}
+
+void
+FeCatalogDeferUndo(int *mark)
+{
+	fe_defer.step_runs = list_truncate(fe_defer.step_runs, mark[0]);
+	fe_defer.steps = list_truncate(fe_defer.steps, mark[0]);
+	fe_defer.event_runs = list_truncate(fe_defer.event_runs, mark[1]);
+	fe_defer.events = list_truncate(fe_defer.events, mark[1]);
+	fe_defer.message_runs = list_truncate(fe_defer.message_runs, mark[2]);
+	fe_defer.messages = list_truncate(fe_defer.messages, mark[2]);
+	fe_defer.finishes = list_truncate(fe_defer.finishes, mark[3]);
+	fe_defer.saves = list_truncate(fe_defer.saves, mark[4]);
+}
+
+/* Write everything buffered; buffering goes on afterwards. */
+void
+FeCatalogDeferFlush(void)
+{
+	FeDeferred	d = fe_defer;
+
+	if (!d.on)
+		return;
+	fe_defer.on = false;		/* the writers below write directly */
+	fe_write_saves(d.saves);
+	fe_write_finishes(d.finishes);
+	fe_write_steps(d.step_runs, d.steps);
+	fe_write_events(d.event_runs, d.events);
+	fe_write_messages(d.message_runs, d.messages);
+	FeCatalogDeferBegin();
+}
+
+static pg_uuid_t *
+fe_run_copy(pg_uuid_t *run)
+{
+	pg_uuid_t  *c = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
+
+	memcpy(c, run, sizeof(pg_uuid_t));
+	return c;
+}
+
+/* Append the rows of one run to a buffered table, in TopTransactionContext. */
+static void
+fe_defer_rows(List **runs, List **rows, pg_uuid_t *run, List *add)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	pg_uuid_t  *r = fe_run_copy(run);
+	ListCell   *lc;
+
+	foreach(lc, add)
+	{
+		*runs = lappend(*runs, r);
+		*rows = lappend(*rows, lfirst(lc));
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Does `run` have buffered writes?  (Then reading it needs a flush.) */
+static bool
+fe_deferred_run(pg_uuid_t *run)
+{
+	ListCell   *lc;
+
+	foreach(lc, fe_defer.saves)
+		if (memcmp(&((FeSaveRow *) lfirst(lc))->row.id, run, sizeof(pg_uuid_t)) == 0)
+			return true;
+	return false;
+}
+
+static void
+fe_col_runs(FeColumn *c, List *runs, pg_uuid_t *one, int n)
+{
+	int			i;
+
+	fe_col_init(c, UUIDOID, n);
+	for (i = 0; i < n; i++)
+		c->values[i] = fe_uuid(runs ? (pg_uuid_t *) list_nth(runs, i) : one);
 }
 
 /* ---------------------------------------------------------------------
@@ -379,6 +528,7 @@ FeCatalogFetchTool(const char *name, FeToolRow *tool)
 static SPIPlanPtr plan_run_lock = NULL;
 static SPIPlanPtr plan_run_insert = NULL;
 static SPIPlanPtr plan_run_update = NULL;
+static SPIPlanPtr plan_run_update_batch = NULL;
 
 /* Lock run `id` and read it into *row; false if there is no such run. */
 bool
@@ -389,6 +539,8 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 	Datum		values[1];
 	bool		found;
 
+	if (fe_defer.on && fe_deferred_run(id))
+		FeCatalogDeferFlush();
 	values[0] = fe_uuid(id);
 	fe_connect();
 	fe_exec(fe_plan(&plan_run_lock,
@@ -440,6 +592,19 @@ FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 	Jsonb	   *context;
 
 	context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(row->context)));
+	if (context_out)
+		*context_out = context;
+	if (fe_defer.on && !insert)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		FeSaveRow  *sv = palloc(sizeof(FeSaveRow));
+
+		sv->row = *row;
+		sv->finished = finished;
+		fe_defer.saves = lappend(fe_defer.saves, sv);
+		MemoryContextSwitchTo(old);
+		return;
+	}
 	values[0] = fe_uuid(&row->id);
 	values[1] = fe_text(row->flow);
 	values[2] = Int32GetDatum(row->version);
@@ -477,136 +642,225 @@ FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 						16, types),
 				values, nulls, SPI_OK_UPDATE, 0);
 	fe_finish();
-	if (context_out)
-		*context_out = context;
+}
+
+static void
+fe_write_saves(List *saves)
+{
+	int			n = list_length(saves);
+	FeColumn	cols[13];
+	Oid			ctypes[13] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		INT4OID, INT4OID, INT4OID, INT4OID, BOOLOID, TIMESTAMPTZOID};
+	ListCell   *lc;
+	int			i = 0,
+				c;
+
+	if (n == 0)
+		return;
+	for (c = 0; c < 13; c++)
+		fe_col_init(&cols[c], ctypes[c], n);
+	foreach(lc, saves)
+	{
+		FeSaveRow  *sv = (FeSaveRow *) lfirst(lc);
+		FeRunRow   *r = &sv->row;
+
+		cols[0].values[i] = fe_uuid(&r->id);
+		fe_col_text(&cols[1], i, r->status);
+		fe_col_text(&cols[2], i, r->state);
+		fe_col_text(&cols[3], i, r->context);
+		fe_col_text(&cols[4], i, r->response);
+		fe_col_text(&cols[5], i, r->error);
+		fe_col_text(&cols[6], i, r->cursor);
+		cols[7].values[i] = Int32GetDatum(r->step_seq);
+		cols[8].values[i] = Int32GetDatum(r->event_seq);
+		cols[9].values[i] = Int32GetDatum(r->message_seq);
+		cols[10].values[i] = Int32GetDatum(r->queued_events);
+		cols[11].values[i] = BoolGetDatum(sv->finished);
+		if (r->timeout_at == 0)
+			cols[12].nulls[i] = true;
+		else
+			cols[12].values[i] = TimestampTzGetDatum(r->timeout_at);
+		i++;
+	}
+	fe_exec_arrays(&plan_run_update_batch,
+				   "UPDATE %1$s.flow_runs r SET status = u.status, state = u.state, "
+				   "context = u.context::jsonb, response = u.response, error = u.error::jsonb, "
+				   "cursor = u.cursor::jsonb, step_seq = u.step_seq, event_seq = u.event_seq, "
+				   "message_seq = u.message_seq, queued_events = u.queued_events, "
+				   "updated_at = clock_timestamp(), "
+				   "finished_at = CASE WHEN u.finished THEN clock_timestamp() END, "
+				   "timeout_at = u.timeout_at "
+				   "FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+				   "AS u(id, status, state, context, response, error, cursor, step_seq, event_seq, "
+				   "message_seq, queued_events, finished, timeout_at) WHERE r.id = u.id",
+				   cols, 13, n, SPI_OK_UPDATE);
 }
 
 /* ---------------------------------------------------------------------
  * Steps, events and messages: one multi-row INSERT per table per call
+ * (per record transaction in the worker), keyed by a run-id column
  * ---------------------------------------------------------------------
  */
 static SPIPlanPtr plan_steps_insert = NULL;
 static SPIPlanPtr plan_events_insert = NULL;
 static SPIPlanPtr plan_messages_insert = NULL;
 
-void
-FeCatalogInsertSteps(pg_uuid_t *run, List *steps)
+static void
+fe_write_steps(List *runs, List *steps)
 {
 	int			n = list_length(steps);
-	FeColumn	cols[11];
-	Oid			ctypes[11] = {INT4OID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
+	FeColumn	cols[12];
+	Oid			ctypes[12] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
 	ListCell   *lc;
-	int			i,
+	int			i = 0,
 				c;
 
 	if (n == 0)
 		return;
-	for (c = 0; c < 11; c++)
+	for (c = 1; c < 12; c++)
 		fe_col_init(&cols[c], ctypes[c], n);
-	i = 0;
+	fe_col_runs(&cols[0], runs, NULL, n);
 	foreach(lc, steps)
 	{
 		FeStepRow  *s = (FeStepRow *) lfirst(lc);
 
-		cols[0].values[i] = Int32GetDatum(s->seq);
-		fe_col_text(&cols[1], i, s->state);
-		fe_col_text(&cols[2], i, s->phase);
-		cols[3].values[i] = Int32GetDatum(s->action);
-		fe_col_text(&cols[4], i, s->executor);
-		fe_col_text(&cols[5], i, s->status);
-		fe_col_text(&cols[6], i, s->input);
-		fe_col_text(&cols[7], i, s->output);
-		fe_col_text(&cols[8], i, s->error);
-		cols[9].values[i] = TimestampTzGetDatum(s->started_at);
+		cols[1].values[i] = Int32GetDatum(s->seq);
+		fe_col_text(&cols[2], i, s->state);
+		fe_col_text(&cols[3], i, s->phase);
+		cols[4].values[i] = Int32GetDatum(s->action);
+		fe_col_text(&cols[5], i, s->executor);
+		fe_col_text(&cols[6], i, s->status);
+		fe_col_text(&cols[7], i, s->input);
+		fe_col_text(&cols[8], i, s->output);
+		fe_col_text(&cols[9], i, s->error);
+		cols[10].values[i] = TimestampTzGetDatum(s->started_at);
 		if (s->finished_at == 0)
-			cols[10].nulls[i] = true;
+			cols[11].nulls[i] = true;
 		else
-			cols[10].values[i] = TimestampTzGetDatum(s->finished_at);
+			cols[11].values[i] = TimestampTzGetDatum(s->finished_at);
 		i++;
 	}
-	fe_insert_batch(&plan_steps_insert,
-					"INSERT INTO %1$s.flow_run_steps (run_id, seq, state, phase, action, executor, "
-					"status, input, output, error, attempts, started_at, finished_at, due_at) "
-					"SELECT $1, s.seq, s.state, s.phase, s.action, s.executor, s.status, "
-					"s.input::jsonb, s.output::jsonb, s.error::jsonb, "
-					"CASE WHEN s.status = 'pending' THEN 0 ELSE 1 END, "
-					"s.started_at, s.finished_at, "
-					"CASE WHEN s.status = 'pending' THEN s.started_at END "
-					"FROM unnest($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
-					"AS s(seq, state, phase, action, executor, status, input, output, error, "
-					"started_at, finished_at)",
-					run, cols, 11, n);
+	fe_exec_arrays(&plan_steps_insert,
+				   "INSERT INTO %1$s.flow_run_steps (run_id, seq, state, phase, action, executor, "
+				   "status, input, output, error, attempts, started_at, finished_at, due_at) "
+				   "SELECT s.run_id, s.seq, s.state, s.phase, s.action, s.executor, s.status, "
+				   "s.input::jsonb, s.output::jsonb, s.error::jsonb, "
+				   "CASE WHEN s.status = 'pending' THEN 0 ELSE 1 END, "
+				   "s.started_at, s.finished_at, "
+				   "CASE WHEN s.status = 'pending' THEN s.started_at END "
+				   "FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+				   "AS s(run_id, seq, state, phase, action, executor, status, input, output, error, "
+				   "started_at, finished_at)",
+				   cols, 12, n, SPI_OK_INSERT);
+}
+
+static void
+fe_write_events(List *runs, List *events)
+{
+	int			n = list_length(events);
+	FeColumn	cols[8];
+	Oid			ctypes[8] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	ListCell   *lc;
+	int			i = 0,
+				c;
+
+	if (n == 0)
+		return;
+	for (c = 1; c < 8; c++)
+		fe_col_init(&cols[c], ctypes[c], n);
+	fe_col_runs(&cols[0], runs, NULL, n);
+	foreach(lc, events)
+	{
+		FeEventRow *e = (FeEventRow *) lfirst(lc);
+
+		cols[1].values[i] = Int32GetDatum(e->seq);
+		fe_col_text(&cols[2], i, e->event);
+		fe_col_text(&cols[3], i, e->source);
+		fe_col_text(&cols[4], i, e->payload);
+		fe_col_text(&cols[5], i, e->status);
+		fe_col_text(&cols[6], i, e->from_state);
+		fe_col_text(&cols[7], i, e->to_state);
+		i++;
+	}
+	fe_exec_arrays(&plan_events_insert,
+				   "INSERT INTO %1$s.flow_events (run_id, seq, event, source, payload, status, "
+				   "from_state, to_state, consumed_at) "
+				   "SELECT e.run_id, e.seq, e.event, e.source, e.payload::jsonb, e.status, "
+				   "e.from_state, e.to_state, "
+				   "CASE WHEN e.status = 'consumed' THEN clock_timestamp() END "
+				   "FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) "
+				   "AS e(run_id, seq, event, source, payload, status, from_state, to_state)",
+				   cols, 8, n, SPI_OK_INSERT);
+}
+
+static void
+fe_write_messages(List *runs, List *messages)
+{
+	int			n = list_length(messages);
+	FeColumn	cols[4];
+	Oid			ctypes[4] = {UUIDOID, INT4OID, TEXTOID, TEXTOID};
+	ListCell   *lc;
+	int			i = 0,
+				c;
+
+	if (n == 0)
+		return;
+	for (c = 1; c < 4; c++)
+		fe_col_init(&cols[c], ctypes[c], n);
+	fe_col_runs(&cols[0], runs, NULL, n);
+	foreach(lc, messages)
+	{
+		FeMessageRow *m = (FeMessageRow *) lfirst(lc);
+
+		cols[1].values[i] = Int32GetDatum(m->seq);
+		fe_col_text(&cols[2], i, m->role);
+		fe_col_text(&cols[3], i, m->content);
+		i++;
+	}
+	fe_exec_arrays(&plan_messages_insert,
+				   "INSERT INTO %1$s.flow_messages (run_id, seq, role, content) "
+				   "SELECT m.run_id, m.seq, m.role, m.content FROM unnest($1, $2, $3, $4) "
+				   "AS m(run_id, seq, role, content)",
+				   cols, 4, n, SPI_OK_INSERT);
+}
+
+/* The rows one engine call produced, for one run: written now, or buffered. */
+static void
+fe_insert_rows(List **druns, List **drows, void (*write) (List *, List *),
+			   pg_uuid_t *run, List *rows)
+{
+	List	   *runs = NIL;
+	int			i;
+
+	if (rows == NIL)
+		return;
+	if (fe_defer.on)
+	{
+		fe_defer_rows(druns, drows, run, rows);
+		return;
+	}
+	for (i = 0; i < list_length(rows); i++)
+		runs = lappend(runs, run);
+	write(runs, rows);
+}
+
+void
+FeCatalogInsertSteps(pg_uuid_t *run, List *steps)
+{
+	fe_insert_rows(&fe_defer.step_runs, &fe_defer.steps, fe_write_steps, run, steps);
 }
 
 void
 FeCatalogInsertEvents(pg_uuid_t *run, List *events)
 {
-	int			n = list_length(events);
-	FeColumn	cols[7];
-	Oid			ctypes[7] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	ListCell   *lc;
-	int			i,
-				c;
-
-	if (n == 0)
-		return;
-	for (c = 0; c < 7; c++)
-		fe_col_init(&cols[c], ctypes[c], n);
-	i = 0;
-	foreach(lc, events)
-	{
-		FeEventRow *e = (FeEventRow *) lfirst(lc);
-
-		cols[0].values[i] = Int32GetDatum(e->seq);
-		fe_col_text(&cols[1], i, e->event);
-		fe_col_text(&cols[2], i, e->source);
-		fe_col_text(&cols[3], i, e->payload);
-		fe_col_text(&cols[4], i, e->status);
-		fe_col_text(&cols[5], i, e->from_state);
-		fe_col_text(&cols[6], i, e->to_state);
-		i++;
-	}
-	fe_insert_batch(&plan_events_insert,
-					"INSERT INTO %1$s.flow_events (run_id, seq, event, source, payload, status, "
-					"from_state, to_state, consumed_at) "
-					"SELECT $1, e.seq, e.event, e.source, e.payload::jsonb, e.status, "
-					"e.from_state, e.to_state, "
-					"CASE WHEN e.status = 'consumed' THEN clock_timestamp() END "
-					"FROM unnest($2, $3, $4, $5, $6, $7, $8) "
-					"AS e(seq, event, source, payload, status, from_state, to_state)",
-					run, cols, 7, n);
+	fe_insert_rows(&fe_defer.event_runs, &fe_defer.events, fe_write_events, run, events);
 }
 
 void
 FeCatalogInsertMessages(pg_uuid_t *run, List *messages)
 {
-	int			n = list_length(messages);
-	FeColumn	cols[3];
-	Oid			ctypes[3] = {INT4OID, TEXTOID, TEXTOID};
-	ListCell   *lc;
-	int			i,
-				c;
-
-	if (n == 0)
-		return;
-	for (c = 0; c < 3; c++)
-		fe_col_init(&cols[c], ctypes[c], n);
-	i = 0;
-	foreach(lc, messages)
-	{
-		FeMessageRow *m = (FeMessageRow *) lfirst(lc);
-
-		cols[0].values[i] = Int32GetDatum(m->seq);
-		fe_col_text(&cols[1], i, m->role);
-		fe_col_text(&cols[2], i, m->content);
-		i++;
-	}
-	fe_insert_batch(&plan_messages_insert,
-					"INSERT INTO %1$s.flow_messages (run_id, seq, role, content) "
-					"SELECT $1, m.seq, m.role, m.content FROM unnest($2, $3, $4) "
-					"AS m(seq, role, content)",
-					run, cols, 3, n);
+	fe_insert_rows(&fe_defer.message_runs, &fe_defer.messages, fe_write_messages, run, messages);
 }
 
 /* ---------------------------------------------------------------------
@@ -653,28 +907,59 @@ FeCatalogStepPending(pg_uuid_t *run, int seq, int attempts, char **executor)
 	return pending;
 }
 
+static void
+fe_write_finishes(List *finishes)
+{
+	int			n = list_length(finishes);
+	FeColumn	cols[5];
+	Oid			ctypes[5] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID};
+	ListCell   *lc;
+	int			i = 0,
+				c;
+
+	if (n == 0)
+		return;
+	for (c = 0; c < 5; c++)
+		fe_col_init(&cols[c], ctypes[c], n);
+	foreach(lc, finishes)
+	{
+		FeFinishRow *f = (FeFinishRow *) lfirst(lc);
+
+		cols[0].values[i] = fe_uuid(&f->run);
+		cols[1].values[i] = Int32GetDatum(f->seq);
+		fe_col_text(&cols[2], i, f->status);
+		fe_col_text(&cols[3], i, f->output);
+		fe_col_text(&cols[4], i, f->error);
+		i++;
+	}
+	fe_exec_arrays(&plan_step_finish,
+				   "UPDATE %1$s.flow_run_steps s SET status = u.status, output = u.output::jsonb, "
+				   "error = u.error::jsonb, attempts = greatest(s.attempts, 1), "
+				   "started_at = coalesce(s.started_at, clock_timestamp()), "
+				   "finished_at = clock_timestamp(), due_at = NULL, lease_until = NULL "
+				   "FROM unnest($1, $2, $3, $4, $5) AS u(run_id, seq, status, output, error) "
+				   "WHERE s.run_id = u.run_id AND s.seq = u.seq",
+				   cols, 5, n, SPI_OK_UPDATE);
+}
+
 void
 FeCatalogFinishStep(pg_uuid_t *run, int seq, const char *status,
 					const char *output, const char *error)
 {
-	Oid			types[5] = {UUIDOID, INT4OID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[5];
-	char		nulls[6] = "     ";
+	MemoryContext old = MemoryContextSwitchTo(fe_defer.on ? TopTransactionContext
+											  : CurrentMemoryContext);
+	FeFinishRow *f = palloc(sizeof(FeFinishRow));
 
-	values[0] = fe_uuid(run);
-	values[1] = Int32GetDatum(seq);
-	values[2] = fe_text(status);
-	values[3] = output ? fe_text(output) : (nulls[3] = 'n', (Datum) 0);
-	values[4] = error ? fe_text(error) : (nulls[4] = 'n', (Datum) 0);
-	fe_connect();
-	fe_exec(fe_plan(&plan_step_finish,
-					"UPDATE %1$s.flow_run_steps SET status = $3, output = $4::jsonb, "
-					"error = $5::jsonb, attempts = greatest(attempts, 1), "
-					"started_at = coalesce(started_at, clock_timestamp()), "
-					"finished_at = clock_timestamp(), due_at = NULL, lease_until = NULL "
-					"WHERE run_id = $1 AND seq = $2", 5, types),
-			values, nulls, SPI_OK_UPDATE, 0);
-	fe_finish();
+	memcpy(&f->run, run, sizeof(pg_uuid_t));
+	f->seq = seq;
+	f->status = status;
+	f->output = output;
+	f->error = error;
+	if (fe_defer.on)
+		fe_defer.finishes = lappend(fe_defer.finishes, f);
+	MemoryContextSwitchTo(old);
+	if (!fe_defer.on)
+		fe_write_finishes(list_make1(f));
 }
 
 /* Cancel a run's pending steps and reject its queued events. */
@@ -869,6 +1154,8 @@ FeCatalogCallSql(const char *function, const char *args_json, ErrorData **error)
 	FeSqlCall	c = {0};
 	Datum		result = (Datum) 0;
 
+	/* the user's function sees every write made so far */
+	FeCatalogDeferFlush();
 	c.function = function;
 	c.args_json = args_json;
 	c.result_cxt = CurrentMemoryContext;
@@ -930,14 +1217,19 @@ static SPIPlanPtr plan_fail_run = NULL;
 bool
 FeCatalogExtensionExists(void)
 {
+	static Oid	ready_oid = InvalidOid;
+	Oid			oid = get_extension_oid("flow_engine", true);
 	char	   *version = NULL;
 	bool		ready;
 
-	if (!OidIsValid(get_extension_oid("flow_engine", true)))
+	if (!OidIsValid(oid))
 		return false;
+	if (oid == ready_oid)
+		return true;			/* the same installation, already checked */
 	fe_connect();
 	ready = fe_ext_lookup(&version) != NULL && strcmp(version, FE_VERSION) == 0;
 	fe_finish();
+	ready_oid = ready ? oid : InvalidOid;
 	return ready;
 }
 

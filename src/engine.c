@@ -1228,7 +1228,7 @@ fe_body_complete(FeExec *x, void *arg)
  * otherwise that is an error.
  */
 static FeRunResult *
-fe_step_complete(pg_uuid_t *id, int step, int attempts, Jsonb *output, const char *error,
+fe_step_complete(pg_uuid_t *id, int step, int attempts, char *output, const char *error,
 				 bool *stale)
 {
 	FeRunRow	row;
@@ -1264,7 +1264,7 @@ fe_step_complete(pg_uuid_t *id, int step, int attempts, Jsonb *output, const cha
 				 : errdetail("The run has no pending step; it is %s.", row.status)));
 	}
 	a.step = step;
-	a.output = output ? FeJsonbToText(output) : NULL;
+	a.output = output;
 	a.error = error;
 	return fe_call(&x, fe_body_complete, &a);
 }
@@ -1275,17 +1275,20 @@ FeEngineStepComplete(pg_uuid_t *id, int step, Jsonb *output, const char *error)
 {
 	bool		stale = false;
 
-	return fe_step_complete(id, step, -1, output, error, &stale);
+	return fe_step_complete(id, step, -1, output ? FeJsonbToText(output) : NULL, error, &stale);
 }
 
-/* The worker's result for the attempt it claimed; false if it is stale. */
+/*
+ * The worker's result for the attempt it claimed; false if it is stale.
+ * The output is JSON text the worker has already checked.
+ */
 bool
-FeEngineStepCompleteClaimed(pg_uuid_t *id, int step, int attempts, Jsonb *output,
+FeEngineStepCompleteClaimed(pg_uuid_t *id, int step, int attempts, const char *output,
 							const char *error)
 {
 	bool		stale = false;
 
-	(void) fe_step_complete(id, step, attempts, output, error, &stale);
+	(void) fe_step_complete(id, step, attempts, output ? pstrdup(output) : NULL, error, &stale);
 	return !stale;
 }
 

@@ -307,6 +307,12 @@ typedef struct FeProvider
 	int			timeout_ms;		/* 0 = the step's */
 } FeProvider;
 
+extern void FeCatalogDeferBegin(void);
+extern void FeCatalogDeferEnd(void);
+extern void FeCatalogDeferMark(int *mark);
+extern void FeCatalogDeferUndo(int *mark);
+extern void FeCatalogDeferFlush(void);
+#define FE_DEFER_MARKS 5
 extern bool FeCatalogExtensionExists(void);
 extern List *FeCatalogClaimSteps(int limit, int default_timeout_ms, int chain, int margin_ms);
 extern uint64 FeCatalogReleaseSteps(TimestampTz before);
@@ -348,7 +354,7 @@ extern FeRunResult *FeEngineCancel(pg_uuid_t *run);
 extern FeRunResult *FeEngineStepComplete(pg_uuid_t *run, int step,
 										 Jsonb *output, const char *error);
 extern bool FeEngineStepCompleteClaimed(pg_uuid_t *run, int step, int attempts,
-										Jsonb *output, const char *error);
+										const char *output, const char *error);
 extern bool FeEngineFireTimer(pg_uuid_t *run);
 
 /* ---------- JSON Schema subset (schema.c) ---------- */

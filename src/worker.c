@@ -289,6 +289,16 @@ fe_parse_guarded(void *arg)
 	return JsonbPGetDatum(fe_parse((const char *) arg));
 }
 
+/* Is this JSON text?  (The lexer alone: no parse, no error raised.) */
+static bool
+fe_is_json(const char *text)
+{
+	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) text, strlen(text),
+													   GetDatabaseEncoding(), false);
+
+	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+}
+
 /*
  * Parse JSON text; NULL if it is not JSON.  The JSON lexer checks the
  * syntax without raising; only text with \u escapes (which jsonb may still
@@ -299,10 +309,7 @@ fe_try_parse(const char *text)
 {
 	Datum		d;
 	ErrorData  *e = NULL;
-	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) text, strlen(text),
-													   GetDatabaseEncoding(), false);
-
-	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
+	if (!fe_is_json(text))
 		return NULL;
 	if (strstr(text, "\\u") == NULL)
 		return fe_parse(text);
@@ -697,8 +704,11 @@ fe_why(FeJob *job)
 static void
 fe_complete(FeJob *job, const char *output, const char *error)
 {
-	(void) FeEngineStepCompleteClaimed(&job->run, job->seq, job->attempts,
-									   output ? fe_parse(output) : NULL, error);
+	if (output && !fe_is_json(output))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("the output of step %d is not valid JSON", job->seq)));
+	(void) FeEngineStepCompleteClaimed(&job->run, job->seq, job->attempts, output, error);
 }
 
 /*
@@ -1003,10 +1013,14 @@ fe_poison(FeJob *job, ErrorData *e)
 	char	   *msg = psprintf("the worker could not record the result of step %d: %s",
 							   job->seq, fe_error_text(e));
 
+	int			mark[FE_DEFER_MARKS];
+
 	resetStringInfo(&job->failures);
 	appendStringInfoString(&job->failures, msg);
+	FeCatalogDeferMark(mark);
 	if (FeGuarded(fe_fail_unsendable, job, &d, &e2))
 		return;
+	FeCatalogDeferUndo(mark);
 	ereport(WARNING,
 			(errmsg("flow_engine worker: failing run %s directly: %s",
 					DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&job->run))),
@@ -1241,7 +1255,8 @@ fe_claim(int capacity, FeDue *due)
 					fe_poison(job, e);
 				MemoryContextDelete(job->mcxt);
 			}
-			FeCatalogNextDue(&due->step, &due->lease, &due->timer);
+			if (!due->starved)
+				FeCatalogNextDue(&due->step, &due->lease, &due->timer);
 		}
 		fe_xact_end();
 	}
@@ -1274,15 +1289,20 @@ fe_record(List *done)
 	fe_xact_begin("flow_engine: recording results");
 	PG_TRY();
 	{
+		/* the runs' writes go out per table, in a few set-based statements */
+		FeCatalogDeferBegin();
 		foreach(lc, done)
 		{
 			FeHttpRequest *r = (FeHttpRequest *) lfirst(lc);
 			FeJob	   *job = (FeJob *) r->owner;
 			Datum		d;
 			ErrorData  *e = NULL;
+			int			mark[FE_DEFER_MARKS];
 
+			FeCatalogDeferMark(mark);
 			if (!FeGuarded(fe_settle, job, &d, &e))
 			{
+				FeCatalogDeferUndo(mark);	/* drop what the failed run buffered */
 				job->again = false;
 				fe_poison(job, e);
 			}
@@ -1294,11 +1314,14 @@ fe_record(List *done)
 				MemoryContextSwitchTo(old);
 			}
 		}
+		FeCatalogDeferFlush();
+		FeCatalogDeferEnd();
 		fe_xact_end();
 	}
 	PG_CATCH();
 	{
 		/* the steps stay claimed; their leases lapse and they are sent again */
+		FeCatalogDeferEnd();
 		fe_xact_abort("recording results");
 		again = NIL;
 	}
@@ -1374,9 +1397,15 @@ FeWorkerMain(Datum arg)
 			FeHttpConfigure();
 		}
 
+		/*
+		 * Claim in batches: with requests in flight, wait until a quarter of
+		 * the window is free rather than claiming a few steps every turn.
+		 */
 		capacity = fe_max_inflight - FeHttpInflight();
+		if (FeHttpInflight() > 0 && capacity < Max(fe_max_inflight / 4, 1))
+			capacity = 0;
 		now = GetCurrentTimestamp();
-		if (work ||
+		if ((work && capacity > 0) ||
 			(due.step && due.step <= now && capacity > 0) ||
 			(due.lease && due.lease <= now) ||
 			(due.timer && due.timer <= now))
@@ -1385,14 +1414,17 @@ FeWorkerMain(Datum arg)
 			fe_send(fe_claim(capacity, &due));
 			if (due.starved)
 				work = true;
+			capacity = fe_max_inflight - FeHttpInflight();
+			if (FeHttpInflight() > 0 && capacity < Max(fe_max_inflight / 4, 1))
+				capacity = 0;
 		}
 
 		/* sleep until something is due; a commit sets the latch sooner */
 		now = GetCurrentTimestamp();
 		timeout = due.installed ? fe_idle_timeout_ms : Max(fe_idle_timeout_ms, 1000);
-		if (work && FeHttpInflight() < fe_max_inflight)
+		if (work && capacity > 0)
 			timeout = 0;
-		if (due.step && FeHttpInflight() < fe_max_inflight)
+		if (due.step && capacity > 0)
 			timeout = Min(timeout, fe_ms_until(due.step, now));
 		if (due.lease)
 			timeout = Min(timeout, fe_ms_until(due.lease, now));
