@@ -242,13 +242,12 @@ fe_tool(FeExec *x, FeAction *a, FeStepRow *s, char **output, char **error)
 	char	   *why = NULL;
 	const char *sname = x->flow->states[x->state].name;
 
-	if (!JB_ROOT_IS_OBJECT(config) ||
-		!getKeyJsonValueFromContainer(&config->root, "name", 4, &v) || v.type != jbvString)
+	name = FeJsonbMemberStr(config, "name");
+	if (name == NULL)
 		return fe_tool_failed(x, a, s, ERRCODE_INVALID_PARAMETER_VALUE,
 							  psprintf("tool step in state \"%s\" of flow \"%s\" names no tool",
 									   sname, x->flow->name),
 							  "Its config evaluated to no string \"name\".", NULL, error);
-	name = pnstrdup(v.val.string.val, v.val.string.len);
 	if (getKeyJsonValueFromContainer(&config->root, "params", 6, &v))
 		params = JsonbValueToJsonb(&v);
 	else
@@ -265,13 +264,14 @@ fe_tool(FeExec *x, FeAction *a, FeStepRow *s, char **output, char **error)
 							  NULL, error);
 	if (strcmp(tool.kind, "sql") == 0)
 	{
-		if (!getKeyJsonValueFromContainer(&tool.config->root, "function", 8, &v) ||
-			v.type != jbvString)
+		char	   *function = FeJsonbMemberStr(tool.config, "function");
+
+		if (function == NULL)
 			return fe_tool_failed(x, a, s, ERRCODE_INVALID_PARAMETER_VALUE,
 								  psprintf("sql tool \"%s\" names no function", name),
 								  "Its config has no string \"function\".", NULL, error);
-		return fe_call_sql(x, a, s, pnstrdup(v.val.string.val, v.val.string.len),
-						   FeJsonbToText(params), output, error) ? FE_ACT_OK : FE_ACT_FAILED;
+		return fe_call_sql(x, a, s, function, FeJsonbToText(params), output, error)
+			? FE_ACT_OK : FE_ACT_FAILED;
 	}
 	else
 	{
@@ -464,31 +464,14 @@ fe_cursor_json(FeExec *x, int step)
 	return b.data;
 }
 
-static bool
-fe_cursor_get(Jsonb *c, const char *key, JsonbValue *v)
-{
-	return getKeyJsonValueFromContainer(&c->root, key, strlen(key), v) != NULL &&
-		v->type != jbvNull;
-}
-
 static int
 fe_cursor_int(Jsonb *c, const char *key)
 {
 	JsonbValue	v;
 
-	if (!fe_cursor_get(c, key, &v) || v.type != jbvNumeric)
+	if (!FeJsonbMember(c, key, &v) || v.type != jbvNumeric)
 		return 0;
 	return DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v.val.numeric)));
-}
-
-static char *
-fe_cursor_str(Jsonb *c, const char *key)
-{
-	JsonbValue	v;
-
-	if (!fe_cursor_get(c, key, &v) || v.type != jbvString)
-		return NULL;
-	return pnstrdup(v.val.string.val, v.val.string.len);
 }
 
 /* Restore x from the run's cursor; returns the pending step's seq. */
@@ -500,11 +483,11 @@ fe_cursor_restore(FeExec *x)
 
 	x->phase = (FePhase) fe_cursor_int(c, "phase");
 	x->index = fe_cursor_int(c, "index");
-	x->failed = fe_cursor_get(c, "failed", &v) && v.type == jbvBool && v.val.boolean;
-	x->result_event = fe_cursor_str(c, "result_event");
-	if (fe_cursor_get(c, "error", &v))
+	x->failed = FeJsonbMember(c, "failed", &v) && v.type == jbvBool && v.val.boolean;
+	x->result_event = FeJsonbMemberStr(c, "result_event");
+	if (FeJsonbMember(c, "error", &v))
 		x->error = FeJsonbToText(JsonbValueToJsonb(&v));
-	if (fe_cursor_get(c, "payload", &v))
+	if (FeJsonbMember(c, "payload", &v))
 	{
 		Jsonb	   *p = JsonbValueToJsonb(&v);
 
@@ -512,8 +495,8 @@ fe_cursor_restore(FeExec *x)
 	}
 	if (x->phase == FE_PHASE_EXIT)
 	{
-		x->next_event = fe_cursor_str(c, "event");
-		x->next_source = fe_cursor_str(c, "source");
+		x->next_event = FeJsonbMemberStr(c, "event");
+		x->next_source = FeJsonbMemberStr(c, "source");
 		x->next_target = fe_cursor_int(c, "target");
 		x->next_event_seq = fe_cursor_int(c, "event_seq");
 	}

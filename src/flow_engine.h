@@ -368,5 +368,7 @@ extern PGDLLEXPORT void FeWorkerMain(Datum arg);
 /* ---------- helpers shared by several files ---------- */
 extern char *FeJsonQuote(const char *s);
 extern char *FeJsonbToText(Jsonb *j);
+extern bool FeJsonbMember(Jsonb *j, const char *key, JsonbValue *v);
+extern char *FeJsonbMemberStr(Jsonb *j, const char *key);
 
 #endif							/* FLOW_ENGINE_H */

@@ -155,3 +155,23 @@ FeJsonbToText(Jsonb *j)
 {
 	return JsonbToCString(NULL, &j->root, VARSIZE(j));
 }
+
+/* Member `key` of JSON object j, when j is an object and the member is not null. */
+bool
+FeJsonbMember(Jsonb *j, const char *key, JsonbValue *v)
+{
+	return j && JB_ROOT_IS_OBJECT(j) &&
+		getKeyJsonValueFromContainer(&j->root, key, strlen(key), v) != NULL &&
+		v->type != jbvNull;
+}
+
+/* Member `key` of j as a string, or NULL if it is missing or not a string. */
+char *
+FeJsonbMemberStr(Jsonb *j, const char *key)
+{
+	JsonbValue	v;
+
+	if (FeJsonbMember(j, key, &v) && v.type == jbvString)
+		return pnstrdup(v.val.string.val, v.val.string.len);
+	return NULL;
+}

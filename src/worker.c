@@ -218,31 +218,13 @@ fe_executor(const char *name)
 	return FE_EXEC_HTTP;
 }
 
-static bool
-fe_get(Jsonb *j, const char *key, JsonbValue *v)
-{
-	return j && JB_ROOT_IS_OBJECT(j) &&
-		getKeyJsonValueFromContainer(&j->root, key, strlen(key), v) != NULL &&
-		v->type != jbvNull;
-}
-
 static JsonbContainer *
 fe_get_object(Jsonb *j, const char *key)
 {
 	JsonbValue	v;
 
-	if (fe_get(j, key, &v) && v.type == jbvBinary && JsonContainerIsObject(v.val.binary.data))
+	if (FeJsonbMember(j, key, &v) && v.type == jbvBinary && JsonContainerIsObject(v.val.binary.data))
 		return v.val.binary.data;
-	return NULL;
-}
-
-static char *
-fe_get_str(Jsonb *j, const char *key)
-{
-	JsonbValue	v;
-
-	if (fe_get(j, key, &v) && v.type == jbvString)
-		return pnstrdup(v.val.string.val, v.val.string.len);
 	return NULL;
 }
 
@@ -251,7 +233,7 @@ fe_get_num(Jsonb *j, const char *key, double dflt)
 {
 	JsonbValue	v;
 
-	if (fe_get(j, key, &v) && v.type == jbvNumeric)
+	if (FeJsonbMember(j, key, &v) && v.type == jbvNumeric)
 		return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v.val.numeric)));
 	return dflt;
 }
@@ -262,7 +244,7 @@ fe_get_json(Jsonb *j, const char *key)
 {
 	JsonbValue	v;
 
-	if (!fe_get(j, key, &v))
+	if (!FeJsonbMember(j, key, &v))
 		return NULL;
 	return FeJsonbToText(JsonbValueToJsonb(&v));
 }
@@ -272,7 +254,7 @@ fe_sub(Jsonb *j, const char *key)
 {
 	JsonbValue	v;
 
-	if (!fe_get(j, key, &v))
+	if (!FeJsonbMember(j, key, &v))
 		return NULL;
 	return JsonbValueToJsonb(&v);
 }
@@ -411,11 +393,11 @@ fe_body(FeJob *job, const char *body)
 static void
 fe_build_http(FeJob *job, Jsonb *spec)
 {
-	char	   *url = fe_get_str(spec, "url");
-	char	   *method = fe_get_str(spec, "method");
+	char	   *url = FeJsonbMemberStr(spec, "url");
+	char	   *method = FeJsonbMemberStr(spec, "method");
 	JsonbContainer *headers = fe_get_object(spec, "headers");
 	JsonbValue	body;
-	bool		has_body = fe_get(spec, "body", &body);
+	bool		has_body = FeJsonbMember(spec, "body", &body);
 	bool		content_type = false;
 
 	if (url == NULL)
@@ -468,10 +450,10 @@ static void
 fe_build_llm(FeJob *job, FeProvider *p, const char *messages)
 {
 	StringInfoData b;
-	char	   *model = fe_get_str(job->input, "model");
+	char	   *model = FeJsonbMemberStr(job->input, "model");
 	char	   *v;
 	JsonbValue	tv;
-	int			timeout = p->timeout_ms > 0 && !fe_get(job->input, "timeout_ms", &tv)
+	int			timeout = p->timeout_ms > 0 && !FeJsonbMember(job->input, "timeout_ms", &tv)
 		? p->timeout_ms : job->timeout_ms;
 
 	initStringInfo(&b);
@@ -508,7 +490,7 @@ fe_llm_messages(FeJob *job)
 
 	if (messages)
 		return messages;
-	prompt = fe_get_str(job->input, "prompt");
+	prompt = FeJsonbMemberStr(job->input, "prompt");
 	if (prompt == NULL)
 		prompt = fe_get_json(job->input, "prompt");
 	if (prompt == NULL)
@@ -517,7 +499,7 @@ fe_llm_messages(FeJob *job)
 				 errmsg("llm step has neither \"messages\" nor \"prompt\"")));
 	initStringInfo(&b);
 	appendStringInfoChar(&b, '[');
-	if ((system = fe_get_str(job->input, "system")) != NULL)
+	if ((system = FeJsonbMemberStr(job->input, "system")) != NULL)
 		appendStringInfo(&b, "{\"role\": \"system\", \"content\": %s}, ", FeJsonQuote(system));
 	appendStringInfo(&b, "{\"role\": \"user\", \"content\": %s}]", FeJsonQuote(prompt));
 	return b.data;
@@ -527,7 +509,7 @@ fe_llm_messages(FeJob *job)
 static char *
 fe_nlu_messages(FeJob *job)
 {
-	char	   *text = fe_get_str(job->input, "text");
+	char	   *text = FeJsonbMemberStr(job->input, "text");
 	char	   *intents = fe_get_json(job->input, "intents");
 	char	   *ask;
 
@@ -572,8 +554,8 @@ fe_build_first(FeJob *job)
 			break;
 		case FE_EXEC_NLU:
 			{
-				char	   *url = fe_get_str(job->input, "url");
-				char	   *text = fe_get_str(job->input, "text");
+				char	   *url = FeJsonbMemberStr(job->input, "url");
+				char	   *text = FeJsonbMemberStr(job->input, "text");
 				char	   *intents = fe_get_json(job->input, "intents");
 
 				if (url == NULL && fe_nlu_url && *fe_nlu_url)
@@ -620,7 +602,7 @@ fe_public_url(FeJob *job)
 	if (job->executor == FE_EXEC_LLM || job->classify)
 		return pstrdup(job->req->url);	/* provider base_url: holds no secret */
 	if (spec)
-		url = fe_get_str(spec, "url");
+		url = FeJsonbMemberStr(spec, "url");
 	return url ? url : (fe_nlu_url ? fe_nlu_url : "");
 }
 
@@ -740,7 +722,7 @@ fe_llm_usage(FeJob *job, Jsonb *resp, int64 *in, int64 *out)
 {
 	FeProvider *p = fe_current_provider(job);
 	Jsonb	   *usage = fe_sub(resp, "usage");
-	char	   *model = fe_get_str(resp, "model");
+	char	   *model = FeJsonbMemberStr(resp, "model");
 
 	*in = (int64) fe_get_num(usage, "prompt_tokens", 0);
 	*out = (int64) fe_get_num(usage, "completion_tokens", 0);
@@ -775,13 +757,13 @@ fe_settle_llm(FeJob *job)
 		Jsonb	   *choice;
 
 		(void) fe_llm_usage(job, resp, &tin, &tout);
-		if (fe_get(resp, "choices", &v) && v.type == jbvBinary &&
+		if (FeJsonbMember(resp, "choices", &v) && v.type == jbvBinary &&
 			JsonContainerIsArray(v.val.binary.data) && JsonContainerSize(v.val.binary.data) > 0)
 		{
 			JsonbValue *c = getIthJsonbValueFromContainer(v.val.binary.data, 0);
 
 			choice = c ? JsonbValueToJsonb(c) : NULL;
-			content = fe_get_str(fe_sub(choice, "message"), "content");
+			content = FeJsonbMemberStr(fe_sub(choice, "message"), "content");
 		}
 		if (content == NULL)
 			why = "the response has no choices[0].message.content";
@@ -828,7 +810,7 @@ fe_settle_llm(FeJob *job)
 				schema_why = "the content is not JSON";
 			else if (schema && !FeSchemaValidate(schema, content_json, &schema_why))
 				;
-			else if (job->classify && fe_get_str(content_json, "intent") == NULL)
+			else if (job->classify && FeJsonbMemberStr(content_json, "intent") == NULL)
 				schema_why = "the classification has no string \"intent\"";
 		}
 		if (schema_why)
@@ -844,7 +826,7 @@ fe_settle_llm(FeJob *job)
 
 		fe_complete(job, psprintf("{\"intent\": %s, \"entities\": %s, \"confidence\": %g, "
 								  "\"source\": \"llm\", \"provider\": %s, \"classifier\": %s}",
-								  FeJsonQuote(fe_get_str(content_json, "intent")),
+								  FeJsonQuote(FeJsonbMemberStr(content_json, "intent")),
 								  entities ? entities : "{}",
 								  fe_get_num(content_json, "confidence", 1.0),
 								  FeJsonQuote(p->name),
@@ -852,17 +834,17 @@ fe_settle_llm(FeJob *job)
 		return;
 	}
 	{
-		char	   *model = fe_get_str(resp, "model");
+		char	   *model = FeJsonbMemberStr(resp, "model");
 		Jsonb	   *choice = NULL;
 		JsonbValue	v;
 		char	   *finish = NULL;
 
-		if (fe_get(resp, "choices", &v) && v.type == jbvBinary)
+		if (FeJsonbMember(resp, "choices", &v) && v.type == jbvBinary)
 		{
 			JsonbValue *c = getIthJsonbValueFromContainer(v.val.binary.data, 0);
 
 			choice = c ? JsonbValueToJsonb(c) : NULL;
-			finish = fe_get_str(choice, "finish_reason");
+			finish = FeJsonbMemberStr(choice, "finish_reason");
 		}
 		fe_complete(job, psprintf("{\"content\": %s, \"json\": %s, \"provider\": %s, \"model\": %s, "
 								  "\"usage\": {\"prompt_tokens\": " INT64_FORMAT ", \"completion_tokens\": " INT64_FORMAT "}, "
@@ -881,7 +863,7 @@ fe_settle_nlu(FeJob *job)
 {
 	FeHttpRequest *r = job->req;
 	Jsonb	   *resp = fe_ok(r) ? fe_try_parse(r->body_out.data) : NULL;
-	char	   *intent = resp ? fe_get_str(resp, "intent") : NULL;
+	char	   *intent = resp ? FeJsonbMemberStr(resp, "intent") : NULL;
 	double		threshold = fe_get_num(job->input, "threshold", 0.7);
 	double		confidence = resp ? fe_get_num(resp, "confidence", 0) : 0;
 
@@ -1357,6 +1339,21 @@ fe_ms_until(TimestampTz t, TimestampTz now)
 	return (long) Min((t - now) / 1000 + 1, (int64) INT_MAX);
 }
 
+/*
+ * How many steps to claim now.  Claims go in batches: with requests in
+ * flight, wait until a quarter of the window is free rather than claiming
+ * a few steps every turn.
+ */
+static int
+fe_capacity(void)
+{
+	int			free_slots = fe_max_inflight - FeHttpInflight();
+
+	if (FeHttpInflight() > 0 && free_slots < Max(fe_max_inflight / 4, 1))
+		return 0;
+	return free_slots;
+}
+
 void
 FeWorkerMain(Datum arg)
 {
@@ -1397,13 +1394,7 @@ FeWorkerMain(Datum arg)
 			FeHttpConfigure();
 		}
 
-		/*
-		 * Claim in batches: with requests in flight, wait until a quarter of
-		 * the window is free rather than claiming a few steps every turn.
-		 */
-		capacity = fe_max_inflight - FeHttpInflight();
-		if (FeHttpInflight() > 0 && capacity < Max(fe_max_inflight / 4, 1))
-			capacity = 0;
+		capacity = fe_capacity();
 		now = GetCurrentTimestamp();
 		if ((work && capacity > 0) ||
 			(due.step && due.step <= now && capacity > 0) ||
@@ -1414,9 +1405,7 @@ FeWorkerMain(Datum arg)
 			fe_send(fe_claim(capacity, &due));
 			if (due.starved)
 				work = true;
-			capacity = fe_max_inflight - FeHttpInflight();
-			if (FeHttpInflight() > 0 && capacity < Max(fe_max_inflight / 4, 1))
-				capacity = 0;
+			capacity = fe_capacity();
 		}
 
 		/* sleep until something is due; a commit sets the latch sooner */
