@@ -41,6 +41,9 @@ extern int	fe_expr_memory_limit_kb;
 extern char *fe_database;
 extern int	fe_idle_timeout_ms;
 extern int	fe_max_inflight;
+extern int	fe_workers;
+
+#define FE_MAX_WORKERS 16
 extern int	fe_lease_margin_ms;
 extern int	fe_http_timeout_ms;
 extern int	fe_http_connect_timeout_ms;

@@ -29,6 +29,7 @@ int			fe_expr_memory_limit_kb = 16384;
 char	   *fe_database = NULL;
 int			fe_idle_timeout_ms = 10000;
 int			fe_max_inflight = 1000;
+int			fe_workers = 1;
 int			fe_lease_margin_ms = 60000;
 int			fe_http_timeout_ms = 30000;
 int			fe_http_connect_timeout_ms = 10000;
@@ -64,6 +65,13 @@ _PG_init(void)
 							   "postgres",
 							   PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("flow_engine.workers",
+							"Number of flow_engine workers serving the database.",
+							"Each claims due steps with FOR UPDATE SKIP LOCKED and has its own connections and in-flight limit.",
+							&fe_workers,
+							1, 1, FE_MAX_WORKERS,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("flow_engine.idle_timeout",
 							"Longest the worker sleeps when nothing is due; a safety net, since commits wake it.",
 							NULL,

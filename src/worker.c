@@ -67,7 +67,8 @@
 typedef struct FeShared
 {
 	slock_t		mutex;
-	Latch	   *latch;			/* the worker's, while it runs */
+	bool		recovered;		/* a worker has sent interrupted steps again */
+	Latch	   *latch[FE_MAX_WORKERS];	/* each worker's, while it runs */
 } FeShared;
 
 static FeShared *fe_shared = NULL;
@@ -95,12 +96,16 @@ fe_shmem_startup(void)
 	if (!found)
 	{
 		SpinLockInit(&fe_shared->mutex);
-		fe_shared->latch = NULL;
+		fe_shared->recovered = false;
+		memset(fe_shared->latch, 0, sizeof(fe_shared->latch));
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* At commit, if the transaction queued work, set the worker's latch. */
+/*
+ * At commit, if the transaction queued work, set every worker's latch: each
+ * claims with SKIP LOCKED, so an idle one takes what a busy one cannot.
+ */
 static void
 fe_xact_callback(XactEvent event, void *arg)
 {
@@ -110,13 +115,15 @@ fe_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (fe_wake_at_commit && fe_shared)
 			{
-				Latch	   *latch;
+				Latch	   *latch[FE_MAX_WORKERS];
+				int			i;
 
 				SpinLockAcquire(&fe_shared->mutex);
-				latch = fe_shared->latch;
+				memcpy(latch, fe_shared->latch, sizeof(latch));
 				SpinLockRelease(&fe_shared->mutex);
-				if (latch)
-					SetLatch(latch);
+				for (i = 0; i < FE_MAX_WORKERS; i++)
+					if (latch[i])
+						SetLatch(latch[i]);
 			}
 			fe_wake_at_commit = false;
 			break;
@@ -146,6 +153,7 @@ void
 FeWorkerSetup(void)
 {
 	BackgroundWorker w;
+	int			i;
 
 	RegisterXactCallback(fe_xact_callback, NULL);
 	if (!process_shared_preload_libraries_in_progress)
@@ -161,17 +169,46 @@ FeWorkerSetup(void)
 	w.bgw_restart_time = 1;
 	snprintf(w.bgw_library_name, BGW_MAXLEN, "flow_engine");
 	snprintf(w.bgw_function_name, BGW_MAXLEN, "FeWorkerMain");
-	snprintf(w.bgw_name, BGW_MAXLEN, "flow_engine worker");
 	snprintf(w.bgw_type, BGW_MAXLEN, "flow_engine worker");
-	RegisterBackgroundWorker(&w);
+	for (i = 0; i < fe_workers; i++)
+	{
+		if (fe_workers == 1)
+			snprintf(w.bgw_name, BGW_MAXLEN, "flow_engine worker");
+		else
+			snprintf(w.bgw_name, BGW_MAXLEN, "flow_engine worker %d", i + 1);
+		w.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&w);
+	}
 }
+
+static int	fe_worker_index = 0;
 
 static void
 fe_unpublish(int code, Datum arg)
 {
 	SpinLockAcquire(&fe_shared->mutex);
-	fe_shared->latch = NULL;
+	fe_shared->latch[fe_worker_index] = NULL;
 	SpinLockRelease(&fe_shared->mutex);
+}
+
+/*
+ * Should this worker, at its start, send again every step left running?
+ * Yes for a lone worker, and for the first worker to start since shared
+ * memory was set up (after a server start or a crash restart, when no other
+ * worker can have a request on the wire).  A worker of several restarted on
+ * its own leaves the others' steps alone: its own are sent again when their
+ * leases lapse.
+ */
+static bool
+fe_recover_all(void)
+{
+	bool		first;
+
+	SpinLockAcquire(&fe_shared->mutex);
+	first = !fe_shared->recovered;
+	fe_shared->recovered = true;
+	SpinLockRelease(&fe_shared->mutex);
+	return first || fe_workers == 1;
 }
 
 /* ---------------------------------------------------------------------
@@ -1055,6 +1092,17 @@ fe_xact_abort(const char *what)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* Show in pg_stat_activity.query how many requests are on the wire. */
+static void
+fe_report_waiting(void)
+{
+	char		activity[64];
+	int			n = FeHttpInflight();
+
+	snprintf(activity, sizeof(activity), "waiting: %d request%s in flight", n, n == 1 ? "" : "s");
+	pgstat_report_activity(STATE_IDLE, activity);
+}
+
 static FeJob *
 fe_job_new(FeClaim *c, List *providers)
 {
@@ -1173,7 +1221,7 @@ fe_claim(int capacity, FeDue *due)
 
 			if (!fe_recovered)
 			{
-				uint64		n = FeCatalogReleaseSteps(DT_NOEND);
+				uint64		n = FeCatalogReleaseSteps(fe_recover_all() ? DT_NOEND : now);
 
 				if (n > 0)
 					ereport(LOG,
@@ -1366,8 +1414,9 @@ FeWorkerMain(Datum arg)
 	BackgroundWorkerInitializeConnection(fe_database, NULL, 0);
 	pgstat_report_appname("flow_engine worker");
 
+	fe_worker_index = DatumGetInt32(arg);
 	SpinLockAcquire(&fe_shared->mutex);
-	fe_shared->latch = MyLatch;
+	fe_shared->latch[fe_worker_index] = MyLatch;
 	SpinLockRelease(&fe_shared->mutex);
 	before_shmem_exit(fe_unpublish, (Datum) 0);
 
@@ -1419,7 +1468,7 @@ FeWorkerMain(Datum arg)
 			timeout = Min(timeout, fe_ms_until(due.lease, now));
 		if (due.timer)
 			timeout = Min(timeout, fe_ms_until(due.timer, now));
-		pgstat_report_activity(STATE_IDLE, NULL);
+		fe_report_waiting();
 		if (FeHttpWait(timeout))
 		{
 			ResetLatch(MyLatch);

@@ -3,6 +3,8 @@
 # loopback endpoint when (1) the worker gets kill -9, and (2) the server
 # restarts in immediate mode.  Every run must then finish, each step be
 # recorded once, and every re-send carry the step's idempotency key.
+# (3) With flow_engine.workers = 2, one worker is terminated on its own: its
+# steps are sent again when their leases lapse, the other worker's are not.
 #
 # Sourced by test/run.sh after the cluster and test HTTP server are up (it
 # can also be run alone against them: source test/lib/cluster.sh first).
@@ -72,6 +74,53 @@ crash_scenario() {  # $1 = name, $2 = function that crashes
     crash_ok "$1: every re-send carried its step's idempotency key" crash_keys "$tag" $runs
 }
 
+crash_restart_fast() {
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$FE_CLUSTER/data" -l "$FE_CLUSTER/server.log" \
+        -m fast -w -t 60 restart >/dev/null
+}
+
+crash_workers() { echo "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'flow_engine worker' AND datname = current_database()"; }
+
+# Two workers, ten requests each on the wire; one is terminated (an orderly
+# exit, not a crash: the server and the other worker go on).
+crash_two_workers() {
+    local tag="two-$$-$RANDOM" runs=20 all keep gone
+    all=$(crash_runs "$tag" | sed 's/t_crash/t_crash_lease/')
+    crash_q "ALTER SYSTEM SET flow_engine.workers = 2" >/dev/null
+    crash_q "ALTER SYSTEM SET flow_engine.max_inflight = 10" >/dev/null
+    crash_q "ALTER SYSTEM SET flow_engine.lease_margin = 1000" >/dev/null
+    crash_restart_fast
+    crash_ok "two workers: both serve the database" crash_until 60 crash_is "$(crash_workers)" 2
+    crash_q "SELECT count(*) FROM (SELECT (flow_execute('t_crash_lease', jsonb_build_object('tag', '$tag'))).id
+             FROM generate_series(1, $runs)) s" >/dev/null || true
+    crash_ok "two workers: $runs requests are on the wire" crash_until 30 crash_sent "$tag" $runs
+    crash_ok "two workers: each has ten in flight" crash_until 10 crash_is \
+        "SELECT string_agg(query, ',') FROM pg_stat_activity WHERE backend_type = 'flow_engine worker'" \
+        "waiting: 10 requests in flight,waiting: 10 requests in flight"
+    gone=$(crash_q "SELECT min(pid) FROM pg_stat_activity WHERE backend_type = 'flow_engine worker'")
+    keep=$(crash_q "SELECT max(pid) FROM pg_stat_activity WHERE backend_type = 'flow_engine worker'")
+    crash_q "SELECT pg_terminate_backend($gone)" >/dev/null
+    crash_ok "two workers: the terminated worker is back, the other never left" crash_until 30 crash_is \
+        "SELECT count(*) FILTER (WHERE pid = $keep) || '/' || count(*) FILTER (WHERE pid <> $gone)
+         FROM pg_stat_activity WHERE backend_type = 'flow_engine worker'" "1/2"
+    crash_ok "two workers: all $runs runs complete" \
+        crash_until 60 crash_is "$all AND r.status = 'completed' AND r.state = 'done'" $runs
+    crash_ok "two workers: the other worker's ten steps were sent once" \
+        crash_is "$all AND (SELECT s.attempts FROM flow_run_steps s WHERE s.run_id = r.id AND s.executor = 'http'
+                            AND s.status = 'completed') = 1" 10
+    crash_ok "two workers: the terminated worker's ten were sent again once their leases lapsed" \
+        crash_is "$all AND (SELECT s.attempts FROM flow_run_steps s WHERE s.run_id = r.id AND s.executor = 'http'
+                            AND s.status = 'completed') = 2" 10
+    crash_ok "two workers: each run's transition after the step is recorded exactly once" \
+        crash_is "$all AND (SELECT count(*) FROM flow_events e WHERE e.run_id = r.id AND e.event = 'always') = 1" $runs
+    crash_ok "two workers: the ten re-sends carried their steps' idempotency keys" crash_keys "$tag" 10
+    crash_q "ALTER SYSTEM RESET flow_engine.workers" >/dev/null
+    crash_q "ALTER SYSTEM RESET flow_engine.max_inflight" >/dev/null
+    crash_q "ALTER SYSTEM RESET flow_engine.lease_margin" >/dev/null
+    crash_restart_fast
+    crash_ok "one worker again" crash_until 60 crash_is "$(crash_workers)" 1
+}
+
 crash_run() {
     echo "# crash safety"
     crash_q "SELECT flow_define(format(\$\$
@@ -81,7 +130,15 @@ crash_run() {
                                  \"retry\": {\"max_attempts\": 5, \"backoff_ms\": 100}}}],
                     \"transitions\": {\"always\": \"done\", \"error\": \"bad\"}},
                   \"done\": {}, \"bad\": {}}}\$\$, current_setting('fe_test.http'))::jsonb)" >/dev/null || true
+    crash_q "SELECT flow_define(format(\$\$
+      {\"id\": \"t_crash_lease\", \"initialState\": \"call\", \"finalStates\": [\"done\", \"bad\"],
+       \"states\": {\"call\": {\"actions\": [{\"executor\": \"http\", \"output\": \"resp\",
+                      \"config\": {\"url\": \"%s/slow/1500?tag={{ tag }}\", \"timeout_ms\": 3000,
+                                 \"retry\": {\"max_attempts\": 5, \"backoff_ms\": 100}}}],
+                    \"transitions\": {\"always\": \"done\", \"error\": \"bad\"}},
+                  \"done\": {}, \"bad\": {}}}\$\$, current_setting('fe_test.http'))::jsonb)" >/dev/null || true
     crash_scenario kill9 crash_kill_worker
     crash_scenario immediate crash_restart_immediate
+    crash_two_workers
     echo "1..$crash_n"
 }

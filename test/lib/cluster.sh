@@ -8,6 +8,7 @@
 #   FE_CLUSTER    its data and socket directory (default /tmp/flow_engine_cluster)
 #   FE_SKIP_APT   set to 1 to skip package installation
 #   FE_DATABASE   database the flow_engine worker serves (default postgres)
+#   FE_EXTRA_CONF extra postgresql.conf lines for the cluster
 #   FE_HTTP_PORT  port of the loopback test HTTP server (default FE_PORT + 11)
 
 set -euo pipefail
@@ -110,6 +111,7 @@ flow_engine.database = '$FE_DATABASE'
 fe_test.http = 'http://127.0.0.1:$FE_HTTP_PORT'
 fe_test.http_log = '$FE_CLUSTER/http.log'
 fe_test.server_log = '$FE_CLUSTER/server.log'
+${FE_EXTRA_CONF:-}
 CONF
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$FE_CLUSTER/data" -l "$FE_CLUSTER/server.log" \
         -w -t 60 start >/dev/null
