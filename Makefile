@@ -1,9 +1,10 @@
 # flow_engine — PGXS build.
 EXTENSION    = flow_engine
-EXTVERSION   = 0.2.0
+EXTVERSION   = 0.3.0
 MODULE_big   = flow_engine
 OBJS         = src/module.o src/definition.o src/expr.o src/engine.o \
-               src/catalog.o src/schema.o src/worker.o src/http.o src/sql_api.o
+               src/catalog.o src/schema.o src/worker.o src/http.o src/wait.o \
+               src/sql_api.o
 DATA         = $(wildcard sql/flow_engine--*.sql)
 DOCS         =
 

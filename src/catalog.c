@@ -546,7 +546,7 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 	fe_exec(fe_plan(&plan_run_lock,
 					"SELECT flow, version, status, state, context::text, response, key, "
 					"error::text, cursor::text, step_seq, event_seq, message_seq, queued_events, "
-					"timeout_at FROM %1$s.flow_runs WHERE id = $1 FOR UPDATE", 1, types),
+					"timeout_at, session FROM %1$s.flow_runs WHERE id = $1 FOR UPDATE", 1, types),
 			values, NULL, SPI_OK_SELECT, 1);
 	found = SPI_processed > 0;
 	if (found)
@@ -572,9 +572,82 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 
 			row->timeout_at = isnull ? 0 : DatumGetTimestampTz(d);
 		}
+		row->session = fe_col_str(caller, 15);
 	}
 	fe_finish();
 	return found;
+}
+
+static SPIPlanPtr plan_run_handoff = NULL;
+static SPIPlanPtr plan_run_status = NULL;
+
+/*
+ * The status of run `id` as of a new snapshot, or NULL if there is no such
+ * run; *mine tells whether this transaction wrote the row's version.
+ */
+char *
+FeCatalogRunStatus(pg_uuid_t *id, bool *mine)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[1] = {UUIDOID};
+	Datum		values[1];
+	char	   *status = NULL;
+
+	values[0] = fe_uuid(id);
+	fe_connect();
+	fe_exec(fe_plan(&plan_run_status,
+					"SELECT status, xmin FROM %1$s.flow_runs WHERE id = $1", 1, types),
+			values, NULL, SPI_OK_SELECT, 1);
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		TransactionId xmin;
+
+		status = fe_col_str(caller, 1);
+		xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+		*mine = TransactionIdIsCurrentTransactionId(xmin);
+	}
+	fe_finish();
+	return status;
+}
+static SPIPlanPtr plan_session_run = NULL;
+
+/* Mark run `id` as handed to a human (handoff: JSON text). */
+void
+FeCatalogSetHandoff(pg_uuid_t *id, const char *handoff)
+{
+	Oid			types[2] = {UUIDOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = fe_uuid(id);
+	values[1] = fe_text(handoff);
+	fe_connect();
+	fe_exec(fe_plan(&plan_run_handoff,
+					"UPDATE %1$s.flow_runs SET handoff = $2::jsonb WHERE id = $1", 2, types),
+			values, NULL, SPI_OK_UPDATE, 0);
+	fe_finish();
+}
+
+/* The id (text) of the session's active run, or NULL. */
+char *
+FeCatalogActiveSessionRun(const char *session)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	char	   *run = NULL;
+
+	values[0] = fe_text(session);
+	fe_connect();
+	fe_exec(fe_plan(&plan_session_run,
+					"SELECT id::text FROM %1$s.flow_runs "
+					"WHERE session = $1 AND status IN ('running', 'waiting')", 1, types),
+			values, NULL, SPI_OK_SELECT, 1);
+	if (SPI_processed > 0)
+		run = fe_col_str(caller, 1);
+	fe_finish();
+	return run;
 }
 
 /*
@@ -584,11 +657,11 @@ FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row)
 void
 FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 {
-	Oid			types[16] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, JSONBOID,
+	Oid			types[17] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, JSONBOID,
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, BOOLOID,
-	TIMESTAMPTZOID};
-	Datum		values[16];
-	char		nulls[17] = "                ";
+	TIMESTAMPTZOID, TEXTOID};
+	Datum		values[17];
+	char		nulls[18] = "                 ";
 	Jsonb	   *context;
 
 	context = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(row->context)));
@@ -621,15 +694,16 @@ FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 	values[13] = Int32GetDatum(row->queued_events);
 	values[14] = BoolGetDatum(finished);
 	values[15] = row->timeout_at ? TimestampTzGetDatum(row->timeout_at) : (nulls[15] = 'n', (Datum) 0);
+	values[16] = row->session ? fe_text(row->session) : (nulls[16] = 'n', (Datum) 0);
 
 	fe_connect();
 	if (insert)
 		fe_exec(fe_plan(&plan_run_insert,
 						"INSERT INTO %1$s.flow_runs (id, flow, version, status, state, context, "
 						"response, key, error, cursor, step_seq, event_seq, message_seq, "
-						"queued_events, finished_at, timeout_at) "
+						"queued_events, finished_at, timeout_at, session) "
 						"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, "
-						"$13, $14, CASE WHEN $15 THEN clock_timestamp() END, $16)", 16, types),
+						"$13, $14, CASE WHEN $15 THEN clock_timestamp() END, $16, $17)", 17, types),
 				values, nulls, SPI_OK_INSERT, 0);
 	else
 		fe_exec(fe_plan(&plan_run_update,
@@ -639,7 +713,7 @@ FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished, Jsonb **context_out)
 						"updated_at = clock_timestamp(), "
 						"finished_at = CASE WHEN $15 THEN clock_timestamp() END, "
 						"timeout_at = $16 WHERE id = $1",
-						16, types),
+						17, types),
 				values, nulls, SPI_OK_UPDATE, 0);
 	fe_finish();
 }

@@ -36,7 +36,7 @@ typedef struct FeParse
 } FeParse;
 
 static const char *fe_executor_names[] = {
-	"set", "respond", "sql", "http", "llm", "nlu", "tool", NULL
+	"set", "respond", "sql", "handoff", "http", "llm", "nlu", "tool", NULL
 };
 
 static const char *fe_phase_keys[] = {"onEntry", "actions", "onExit"};
@@ -429,8 +429,10 @@ fe_parse_executor_config(FeParse *ps, FeAction *a, const char *path,
 			if (v.type != jbvNull && v.type != jbvString)
 				fe_problem(ps, "error", fe_path(cpath, "name"), "\"name\" must be a string.");
 			break;
+		case FE_EXEC_HANDOFF:
+			break;
 	}
-	/* asynchronous executors: the whole config is evaluated when enqueued */
+	/* handoff and asynchronous executors: the whole config is evaluated when run */
 	if (config->type != jbvNull)
 		a->config = fe_template(ps, cpath, config);
 }
@@ -487,7 +489,7 @@ fe_parse_actions(FeParse *ps, FeState *st, FePhase phase, const char *spath,
 		if (fe_executor_names[e] == NULL)
 		{
 			fe_problem(ps, "error", fe_path(apath, "executor"),
-					   "Executor \"%s\" is unknown; the executors are set, respond, sql, http, llm, nlu and tool.",
+					   "Executor \"%s\" is unknown; the executors are set, respond, sql, handoff, http, llm, nlu and tool.",
 					   a->executor_name);
 			continue;
 		}
@@ -504,6 +506,197 @@ fe_parse_actions(FeParse *ps, FeState *st, FePhase phase, const char *spath,
 }
 
 /* ---------------------------------------------------------------------
+ * Elicitation: ask, check the answer, store it, re-ask
+ * ---------------------------------------------------------------------
+ */
+
+/* The answer, as a JavaScript expression over the user_message payload. */
+#define FE_ELICIT_ANSWER \
+	"(event.text === undefined || event.text === null ? '' : String(event.text).trim())"
+
+/* `pattern` as a JavaScript regular expression literal. */
+static char *
+fe_regex_literal(const char *pattern, const char *flags)
+{
+	StringInfoData b;
+	const char *p;
+
+	initStringInfo(&b);
+	appendStringInfoChar(&b, '/');
+	for (p = pattern; *p; p++)
+	{
+		if (*p == '\\' && p[1])
+		{
+			appendStringInfoChar(&b, *p++);
+			appendStringInfoChar(&b, *p);
+		}
+		else if (*p == '/')
+			appendStringInfoString(&b, "\\/");
+		else if (*p == '\n')
+			appendStringInfoString(&b, "\\n");
+		else if (*p == '\r')
+			appendStringInfoString(&b, "\\r");
+		else
+			appendStringInfoChar(&b, *p);
+	}
+	appendStringInfo(&b, "/%s", flags);
+	return b.data;
+}
+
+static FeTmpl *
+fe_template_text(FeParse *ps, const char *path, const char *text)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) text;
+	v.val.string.len = strlen(text);
+	return fe_template(ps, path, &v);
+}
+
+static void
+fe_parse_elicit(FeParse *ps, FeState *st, const char *spath, JsonbValue *ev)
+{
+	char	   *path = fe_path(spath, "elicit");
+	JsonbContainer *c;
+	JsonbValue	v;
+	FeElicit   *el;
+	char	   *validate = "true";
+	char	   *pattern = NULL;
+	char	   *flags = "";
+	char	   *check;
+	char	   *why;
+	FeExprSource *src;
+	FeAction   *ask;
+	int			n;
+
+	if (!fe_is_object(ev))
+	{
+		fe_problem(ps, "error", path, "\"elicit\" must be an object, not %s.", fe_type_name(ev));
+		return;
+	}
+	c = ev->val.binary.data;
+	el = palloc0(sizeof(FeElicit));
+	el->max_attempts = 3;
+	el->check = -1;
+	if (!fe_get(c, "variable", &v) || !fe_name_ok(ps, fe_path(path, "variable"), "\"variable\"", &v))
+	{
+		if (!fe_get(c, "variable", &v))
+			fe_problem(ps, "error", fe_path(path, "variable"),
+					   "\"elicit\" requires \"variable\", the context variable that receives the answer.");
+		return;
+	}
+	el->variable = fe_str(&v);
+	if (!fe_get(c, "prompt", &v) || v.type != jbvString)
+	{
+		fe_problem(ps, "error", fe_path(path, "prompt"),
+				   "\"elicit\" requires \"prompt\", the question as a string.");
+		return;
+	}
+	el->prompt = fe_template(ps, fe_path(path, "prompt"), &v);
+	el->retry_prompt = el->prompt;
+	if (fe_get(c, "retryPrompt", &v))
+	{
+		if (v.type != jbvString)
+			fe_problem(ps, "error", fe_path(path, "retryPrompt"), "\"retryPrompt\" must be a string.");
+		else
+			el->retry_prompt = fe_template(ps, fe_path(path, "retryPrompt"), &v);
+	}
+	if (fe_get(c, "maxAttempts", &v))
+	{
+		int64		m;
+
+		if (!fe_int(&v, &m) || m < 1 || m > 100)
+			fe_problem(ps, "error", fe_path(path, "maxAttempts"),
+					   "\"maxAttempts\" must be an integer from 1 to 100.");
+		else
+			el->max_attempts = (int) m;
+	}
+	if (fe_get(c, "validate", &v))
+	{
+		if (v.type != jbvString)
+		{
+			fe_problem(ps, "error", fe_path(path, "validate"),
+					   "\"validate\" must be a JavaScript expression, as a string.");
+			return;
+		}
+		validate = fe_str(&v);
+		why = FeExprCheckSyntax(validate);
+		if (why)
+		{
+			fe_problem(ps, "error", fe_path(path, "validate"),
+					   "Expression \"%s\" is not valid: %s", validate, why);
+			return;
+		}
+	}
+	if (fe_get(c, "flags", &v))
+	{
+		if (v.type != jbvString || strspn(fe_str(&v), "im") != strlen(fe_str(&v)))
+			fe_problem(ps, "error", fe_path(path, "flags"),
+					   "\"flags\" may hold only the regular expression flags i and m.");
+		else
+			flags = fe_str(&v);
+	}
+	if (fe_get(c, "pattern", &v))
+	{
+		if (v.type != jbvString || v.val.string.len == 0)
+		{
+			fe_problem(ps, "error", fe_path(path, "pattern"),
+					   "\"pattern\" must be a non-empty regular expression, as a string.");
+			return;
+		}
+		pattern = fe_regex_literal(fe_str(&v), flags);
+	}
+
+	/* the check, as one expression around the screened user text */
+	check = psprintf("(function (value) { return Boolean(%s\n)%s%s%s; })(" FE_ELICIT_ANSWER ")",
+					 validate, pattern ? " && " : "", pattern ? pattern : "",
+					 pattern ? ".test(value)" : "");
+	why = FeExprCompileOnly(check);
+	if (why)
+	{
+		fe_problem(ps, "error", fe_path(path, pattern ? "pattern" : "validate"),
+				   "The %s of state \"%s\" does not compile: %s",
+				   pattern ? "pattern" : "validate expression", st->name, why);
+		return;
+	}
+	src = palloc0(sizeof(FeExprSource));
+	src->text = check;
+	ps->exprs = lappend(ps->exprs, src);
+	el->check = list_length(ps->exprs) - 1;
+	el->answer = fe_template_text(ps, path, "{{ " FE_ELICIT_ANSWER " }}");
+	el->attempts = fe_template_text(ps, path,
+									psprintf("{{ (typeof _elicit === 'object' && _elicit !== null && "
+											 "_elicit.state === %s) ? _elicit.attempts : 0 }}",
+											 FeJsonQuote(st->name)));
+
+	if (FeStateTransition(st, "answered") == NULL)
+		fe_problem(ps, "error", fe_path(spath, "transitions"),
+				   "State \"%s\" elicits \"%s\" but has no \"answered\" transition.",
+				   st->name, el->variable);
+	if (FeStateTransition(st, "exhausted") == NULL)
+		fe_problem(ps, "warning", fe_path(spath, "transitions"),
+				   "State \"%s\" has no \"exhausted\" transition, so %d invalid answers route to \"error\" or fail the run.",
+				   st->name, el->max_attempts);
+	if (FeStateTransition(st, "always") != NULL || st->nconditions > 0)
+		fe_problem(ps, "warning", path,
+				   "State \"%s\" elicits a value but has conditions or an \"always\" transition, which may leave it before the answer.",
+				   st->name);
+
+	/* the question is the state's last action: a respond */
+	n = st->nactions[FE_PHASE_ACTIONS];
+	ask = palloc0(sizeof(FeAction) * (n + 2));
+	if (n > 0)
+		memcpy(ask, st->actions[FE_PHASE_ACTIONS], sizeof(FeAction) * n);
+	ask[n].executor = FE_EXEC_RESPOND;
+	ask[n].executor_name = "respond";
+	ask[n].respond_text = el->prompt;
+	st->actions[FE_PHASE_ACTIONS] = ask;
+	st->nactions[FE_PHASE_ACTIONS] = n + 1;
+	st->elicit = el;
+}
+
+/* ---------------------------------------------------------------------
  * States
  * ---------------------------------------------------------------------
  */
@@ -517,7 +710,7 @@ fe_parse_state(FeParse *ps, FeState *st, const char *spath, JsonbValue *sv)
 	int			i;
 	static const char *known[] = {
 		"type", "actions", "onEntry", "onExit", "conditions", "timeout",
-		"transitions", "description", "name", "metadata", NULL
+		"transitions", "elicit", "description", "name", "metadata", NULL
 	};
 
 	if (!fe_is_object(sv))
@@ -674,6 +867,9 @@ fe_parse_state(FeParse *ps, FeState *st, const char *spath, JsonbValue *sv)
 			}
 		}
 	}
+
+	if (fe_get(sc, "elicit", &v))
+		fe_parse_elicit(ps, st, spath, &v);
 }
 
 /* ---------------------------------------------------------------------

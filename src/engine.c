@@ -82,6 +82,7 @@ typedef struct FeExec
 	List	   *events;
 	List	   *messages;
 	List	   *notes;
+	char	   *handoff;		/* set by a handoff step: JSON text */
 } FeExec;
 
 static const char *fe_phase_names[] = {"onEntry", "actions", "onExit"};
@@ -182,6 +183,21 @@ fe_json_text(const char *json)
 			return pnstrdup(v.val.string.val, v.val.string.len);
 	}
 	return pstrdup(json);
+}
+
+/* Append a message to the conversation; assistant and human ones are the response. */
+static FeMessageRow *
+fe_say(FeExec *x, const char *role, const char *content)
+{
+	FeMessageRow *m = palloc0(sizeof(FeMessageRow));
+
+	m->seq = ++x->row.message_seq;
+	m->role = role;
+	m->content = pstrdup(content);
+	x->messages = lappend(x->messages, m);
+	if (strcmp(role, "assistant") == 0 || strcmp(role, "human") == 0)
+		x->row.response = m->content;
+	return m;
 }
 
 /* Call an sql function for step s; its {"event": ...} result is noted. */
@@ -363,12 +379,7 @@ fe_act(FeExec *x, FeAction *a, char **error)
 					fe_step_done(s, "failed", NULL, *error);
 					return FE_ACT_FAILED;
 				}
-				m = palloc0(sizeof(FeMessageRow));
-				m->seq = ++x->row.message_seq;
-				m->role = "assistant";
-				m->content = fe_json_text(r.json);
-				x->messages = lappend(x->messages, m);
-				x->row.response = m->content;
+				m = fe_say(x, "assistant", fe_json_text(r.json));
 				output = psprintf("{\"text\": %s}", FeJsonQuote(m->content));
 				if (a->output && !FeExprAssignJson(a->output, FeJsonQuote(m->content), &err))
 					break;
@@ -392,6 +403,34 @@ fe_act(FeExec *x, FeAction *a, char **error)
 				}
 				if (!fe_call_sql(x, a, s, a->sql_function, args, &output, error))
 					return FE_ACT_FAILED;
+				break;
+			}
+		case FE_EXEC_HANDOFF:
+			{
+				Jsonb	   *cfg = NULL;
+				char	   *extra;
+
+				if (a->config)
+				{
+					r = FeExprEvalTemplate(a->config);
+					if (!r.ok)
+					{
+						*error = fe_expr_error(x, &r, a->executor_name);
+						fe_step_done(s, "failed", NULL, *error);
+						return FE_ACT_FAILED;
+					}
+					cfg = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(r.json)));
+				}
+				extra = psprintf("{\"state\": %s, \"at\": %s}",
+								 FeJsonQuote(x->flow->states[x->state].name),
+								 FeJsonQuote(timestamptz_to_str(GetCurrentTimestamp())));
+				if (cfg && JB_ROOT_IS_OBJECT(cfg) && !JB_ROOT_IS_SCALAR(cfg))
+					output = FeJsonbToText(DatumGetJsonbP(
+														  DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(cfg),
+																			  DirectFunctionCall1(jsonb_in, CStringGetDatum(extra)))));
+				else
+					output = extra;
+				x->handoff = output;
 				break;
 			}
 		case FE_EXEC_HTTP:
@@ -591,21 +630,105 @@ fe_record_transition(FeExec *x, const char *event, const char *source,
 	x->notes = lappend(x->notes, n);
 }
 
+static bool fe_drain_inbox(FeExec *x);
+
+/*
+ * A user_message reached a state that elicits a value: check the answer.
+ * Valid: store it and take "answered".  Invalid: re-ask, and after the
+ * last attempt take "exhausted" (or route the failure).
+ */
+static void
+fe_elicit(FeExec *x, FeState *st, int inbox_seq)
+{
+	FeElicit   *el = st->elicit;
+	FeEvalResult r;
+	char	   *answer;
+	char	   *err = NULL;
+	int			attempts;
+	FeTransition *t;
+
+	r = FeExprEvalTemplate(el->attempts);
+	attempts = (r.ok ? atoi(r.json) : 0) + 1;
+	r = FeExprEvalTemplate(el->answer);
+	if (r.ok)
+	{
+		answer = r.json;
+		r = FeExprEvalCondition(el->check);
+	}
+	if (!r.ok)
+	{
+		(void) fe_route_error(x, fe_expr_error(x, &r, NULL));
+		return;
+	}
+	if (r.truth)
+	{
+		if (!FeExprAssignJson(el->variable, answer, &err) ||
+			!FeExprAssignJson("_elicit", "null", &err))
+		{
+			(void) fe_route_error(x, fe_error_json(x, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+												   psprintf("could not store the answer in variable \"%s\"", el->variable),
+												   psprintf("%s.", err), NULL, NULL, NULL));
+			return;
+		}
+		t = FeStateTransition(st, "answered");
+		fe_take(x, "answered", "external", t->target, inbox_seq);
+		return;
+	}
+	if (attempts < el->max_attempts)
+	{
+		(void) FeExprAssignJson("_elicit", psprintf("{\"state\": %s, \"attempts\": %d}",
+												   FeJsonQuote(st->name), attempts), &err);
+		fe_record_transition(x, "user_message", "external", st->name, st->name, inbox_seq);
+		r = FeExprEvalTemplate(el->retry_prompt);
+		if (!r.ok)
+		{
+			(void) fe_route_error(x, fe_expr_error(x, &r, "respond"));
+			return;
+		}
+		(void) fe_say(x, "assistant", fe_json_text(r.json));
+		x->row.status = "waiting";
+		if (!fe_drain_inbox(x))
+			x->finished = true;
+		return;
+	}
+	(void) FeExprAssignJson("_elicit", "null", &err);
+	x->payload = psprintf("{\"variable\": %s, \"attempts\": %d, \"answer\": %s}",
+						  FeJsonQuote(el->variable), attempts, answer);
+	FeExprScopeSetEvent(x->payload);
+	t = FeStateTransition(st, "exhausted");
+	if (t)
+	{
+		fe_take(x, "exhausted", "external", t->target, inbox_seq);
+		return;
+	}
+	(void) fe_route_error(x, fe_error_json(x, ERRCODE_INVALID_PARAMETER_VALUE,
+										   psprintf("no valid answer for \"%s\" in state \"%s\" of flow \"%s\" after %d attempts",
+													el->variable, st->name, x->flow->name, attempts),
+										   "The state has no \"exhausted\" transition.",
+										   "Add an \"exhausted\" transition, for example to a handoff state.",
+										   NULL, NULL));
+}
+
 /* Deliver an external event to a waiting run. */
 static void
 fe_deliver(FeExec *x, const char *event, const char *payload, int inbox_seq)
 {
-	FeTransition *t = FeStateTransition(&x->flow->states[x->state], event);
+	FeState    *st = &x->flow->states[x->state];
 
 	x->payload = payload ? pstrdup(payload) : pstrdup("{}");
 	FeExprScopeSetEvent(x->payload);
-	fe_take(x, event, "external", t->target, inbox_seq);
+	if (st->elicit && strcmp(event, "user_message") == 0)
+		fe_elicit(x, st, inbox_seq);
+	else
+		fe_take(x, event, "external", FeStateTransition(st, event)->target, inbox_seq);
 }
 
 /* Is `event` one a waiting run in state st takes from outside? */
 static bool
 fe_accepts(FeState *st, const char *event)
 {
+	if (st->elicit && strcmp(event, "user_message") == 0)
+		return true;
 	return strcmp(event, "always") != 0 && FeStateTransition(st, event) != NULL;
 }
 
@@ -797,7 +920,8 @@ fe_notify(FeExec *x)
 	char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&x->row.id)));
 	int			i = 0;
 
-	if (x->notes == NIL && strcmp(x->initial_status, x->row.status) != 0)
+	if (x->notes == NIL && (strcmp(x->initial_status, x->row.status) != 0 ||
+							x->messages != NIL || x->handoff))
 	{
 		FeNote	   *n = palloc0(sizeof(FeNote));
 
@@ -813,11 +937,18 @@ fe_notify(FeExec *x)
 
 		initStringInfo(&b);
 		appendStringInfo(&b, "{\"run\": \"%s\", \"flow\": %s, \"version\": %d, \"seq\": %d, "
-						 "\"event\": %s, \"from\": %s, \"state\": %s, \"status\": \"%s\"}",
+						 "\"event\": %s, \"from\": %s, \"state\": %s, \"status\": \"%s\", "
+						 "\"message_seq\": %d",
 						 id, FeJsonQuote(x->flow->name), x->flow->version, n->seq,
 						 n->event ? FeJsonQuote(n->event) : "null",
 						 n->from ? FeJsonQuote(n->from) : "null",
-						 FeJsonQuote(n->to), last ? x->row.status : "running");
+						 FeJsonQuote(n->to), last ? x->row.status : "running",
+						 x->row.message_seq);
+		if (x->row.session)
+			appendStringInfo(&b, ", \"session\": %s", FeJsonQuote(x->row.session));
+		if (last && x->handoff)
+			appendStringInfo(&b, ", \"handoff\": %s", x->handoff);
+		appendStringInfoChar(&b, '}');
 		Async_Notify(FE_CHANNEL, b.data);
 	}
 }
@@ -889,6 +1020,9 @@ fe_persist(FeExec *x)
 				 errmsg("could not serialise the context of a run of flow \"%s\"", x->flow->name),
 				 errdetail("%s.", err)));
 	FeCatalogSaveRun(&x->row, x->is_new, done, &context);
+	if (x->handoff)
+		FeCatalogSetHandoff(&x->row.id, x->handoff);
+	FeWaitNoteRun(&x->row.id);
 	FeCatalogInsertSteps(&x->row.id, x->steps);
 	FeCatalogInsertEvents(&x->row.id, x->events);
 	FeCatalogInsertMessages(&x->row.id, x->messages);
@@ -994,11 +1128,12 @@ fe_body_start(FeExec *x, void *arg)
 
 /* flow_execute: start a run and advance it. */
 FeRunResult *
-FeEngineExecute(const char *flowname, Jsonb *input, const char *key)
+FeEngineExecute(const char *flowname, Jsonb *input, const char *key, const char *session)
 {
 	FeFlow	   *flow = FeFlowLoad(flowname, 0, true);
 	FeRunRow	row = {0};
 	FeExec		x;
+	char	   *active;
 
 	if (JB_ROOT_IS_SCALAR(input) || !JB_ROOT_IS_OBJECT(input))
 		ereport(ERROR,
@@ -1020,6 +1155,13 @@ FeEngineExecute(const char *flowname, Jsonb *input, const char *key)
 	row.state = flow->states[flow->initial].name;
 	row.context = FeJsonbToText(input);
 	row.key = key ? pstrdup(key) : NULL;
+	if (session && (active = FeCatalogActiveSessionRun(session)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("session \"%s\" already has an active run", session),
+				 errdetail("Run %s has not finished; a session has at most one active run.", active),
+				 errhint("Send the turn to that run with flow_process(), or end it with flow_cancel().")));
+	row.session = session ? pstrdup(session) : NULL;
 
 	fe_exec_init(&x, flow, &row, true);
 	x.initial_status = "new";
@@ -1131,6 +1273,96 @@ FeEngineSend(pg_uuid_t *id, const char *event, Jsonb *payload)
 				 errdetail("Run %s is busy in state \"%s\"; the event was not queued.",
 						   fe_run_label(id), st->name)));
 	return fe_call(&x, fe_body_queue, &a);
+}
+
+typedef struct FeMessageArg
+{
+	const char *role;
+	const char *content;
+	const char *event;
+	char	   *payload;
+	char		mode;			/* d: deliver, q: queue, r: record as rejected */
+	int			seq;
+} FeMessageArg;
+
+static void
+fe_body_message(FeExec *x, void *arg)
+{
+	FeMessageArg *a = (FeMessageArg *) arg;
+	FeEventRow *e;
+
+	a->seq = fe_say(x, a->role, a->content)->seq;
+	if (a->mode == 'd')
+	{
+		fe_deliver(x, a->event, a->payload, 0);
+		fe_run(x);
+		return;
+	}
+	e = palloc0(sizeof(FeEventRow));
+	e->seq = ++x->row.event_seq;
+	e->event = pstrdup(a->event);
+	e->source = "external";
+	e->payload = a->payload;
+	x->events = lappend(x->events, e);
+	if (a->mode == 'q')
+	{
+		e->status = "queued";
+		x->row.queued_events++;
+	}
+	else
+	{
+		/* kept, with the state that did not take it */
+		e->status = "rejected";
+		e->from_state = x->row.state;
+	}
+}
+
+/*
+ * flow_message: a user or human message joins the conversation and is
+ * delivered as user_message or human_message: at once if the run waits in
+ * a state that takes it, queued while the run is busy, and otherwise kept
+ * as a rejected event.  Returns the message's seq.
+ */
+int
+FeEngineMessage(pg_uuid_t *id, const char *role, const char *content, Jsonb *payload)
+{
+	FeRunRow	row;
+	FeFlow	   *flow;
+	FeExec		x;
+	FeMessageArg a = {0};
+	int			i;
+
+	if (strcmp(role, "user") != 0 && strcmp(role, "human") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message role must be \"user\" or \"human\", not \"%s\"", role),
+				 errhint("Assistant messages come from the flow's respond steps.")));
+	fe_lock(id, &row);
+	if (fe_status_finished(row.status))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot add a message to flow run %s", fe_run_label(id)),
+				 errdetail("The run of flow \"%s\" is %s, in state \"%s\".", row.flow, row.status, row.state),
+				 errhint("flow_process() starts a new run for a session whose run has finished.")));
+	flow = FeFlowLoad(row.flow, row.version, false);
+	fe_exec_init(&x, flow, &row, false);
+	a.role = role;
+	a.content = content;
+	a.event = strcmp(role, "user") == 0 ? "user_message" : "human_message";
+	a.payload = payload ? FeJsonbToText(payload)
+		: psprintf("{\"text\": %s}", FeJsonQuote(content));
+	a.mode = 'r';
+	if (strcmp(row.status, "waiting") == 0)
+	{
+		if (fe_accepts(&flow->states[x.state], a.event))
+			a.mode = 'd';
+	}
+	else
+		for (i = 0; i < flow->nstates && a.mode == 'r'; i++)
+			if (fe_accepts(&flow->states[i], a.event))
+				a.mode = 'q';
+	(void) fe_call(&x, fe_body_message, &a);
+	return a.seq;
 }
 
 static void

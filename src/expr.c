@@ -474,11 +474,22 @@ char *
 FeExprCompileCheck(const char *expr)
 {
 	char	   *why = FeExprCheckSyntax(expr);
-	FeCompileArg a;
-	char	   *err = NULL;
 
 	if (why)
 		return why;
+	return FeExprCompileOnly(expr);
+}
+
+/*
+ * Compile without the token screen: for expressions flow_engine assembles
+ * around user text that has been screened on its own.
+ */
+char *
+FeExprCompileOnly(const char *expr)
+{
+	FeCompileArg a;
+	char	   *err = NULL;
+
 	a.src = fe_wrap(expr);
 	if (!fe_protected(fe_compile_one, &a, &err))
 		return psprintf("%s.", err);

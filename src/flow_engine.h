@@ -99,6 +99,7 @@ typedef struct FeEvalResult
 
 extern char *FeExprCheckSyntax(const char *expr);
 extern char *FeExprCompileCheck(const char *expr);
+extern char *FeExprCompileOnly(const char *expr);
 extern FeTmpl *FeTmplParse(Jsonb *value, List **exprs, char **error);
 
 /* An evaluation scope: one run's context during one engine call. */
@@ -120,6 +121,7 @@ typedef enum FeExecutor
 	FE_EXEC_SET,
 	FE_EXEC_RESPOND,
 	FE_EXEC_SQL,
+	FE_EXEC_HANDOFF,
 	FE_EXEC_HTTP,
 	FE_EXEC_LLM,
 	FE_EXEC_NLU,
@@ -162,6 +164,18 @@ typedef struct FeTransition
 	int			target;			/* state index */
 } FeTransition;
 
+/* A state that asks for a value, checks the answer and re-asks. */
+typedef struct FeElicit
+{
+	char	   *variable;		/* where a valid answer goes */
+	FeTmpl	   *prompt;			/* asked on entry (a respond action) */
+	FeTmpl	   *retry_prompt;	/* asked after an invalid answer */
+	int			check;			/* expression id: is the answer valid? */
+	FeTmpl	   *answer;			/* the answer: the message text, trimmed */
+	FeTmpl	   *attempts;		/* invalid answers so far in this state */
+	int			max_attempts;
+} FeElicit;
+
 typedef struct FeState
 {
 	char	   *name;
@@ -175,6 +189,7 @@ typedef struct FeState
 	FeTransition *transitions;
 	int			timeout_ms;		/* 0 = none; fired by the worker */
 	bool		declares_transitions;	/* even if some were invalid */
+	FeElicit   *elicit;			/* or NULL */
 } FeState;
 
 typedef struct FeFlow
@@ -257,6 +272,7 @@ typedef struct FeRunRow
 	int			message_seq;
 	int			queued_events;
 	TimestampTz timeout_at;		/* 0 = no timer */
+	char	   *session;		/* written at insert only */
 } FeRunRow;
 
 extern bool FeCatalogFetchDefinition(const char *name, int version, bool latest,
@@ -264,6 +280,9 @@ extern bool FeCatalogFetchDefinition(const char *name, int version, bool latest,
 									 Jsonb **def);
 extern int	FeCatalogStoreDefinition(const char *name, Jsonb *def);
 extern bool FeCatalogLockRun(pg_uuid_t *id, FeRunRow *row);
+extern void FeCatalogSetHandoff(pg_uuid_t *id, const char *handoff);
+extern char *FeCatalogRunStatus(pg_uuid_t *id, bool *mine);
+extern char *FeCatalogActiveSessionRun(const char *session);
 extern void FeCatalogSaveRun(FeRunRow *row, bool insert, bool finished,
 							 Jsonb **context_out);
 extern void FeCatalogInsertSteps(pg_uuid_t *run, List *steps);
@@ -351,7 +370,10 @@ typedef struct FeRunResult
 	char	   *error;			/* JSON text or NULL */
 } FeRunResult;
 
-extern FeRunResult *FeEngineExecute(const char *flow, Jsonb *input, const char *key);
+extern FeRunResult *FeEngineExecute(const char *flow, Jsonb *input, const char *key,
+									const char *session);
+extern int	FeEngineMessage(pg_uuid_t *id, const char *role, const char *content,
+							Jsonb *payload);
 extern FeRunResult *FeEngineSend(pg_uuid_t *run, const char *event, Jsonb *payload);
 extern FeRunResult *FeEngineCancel(pg_uuid_t *run);
 extern FeRunResult *FeEngineStepComplete(pg_uuid_t *run, int step,
@@ -365,6 +387,14 @@ extern bool FeSchemaValidate(Jsonb *schema, Jsonb *value, char **why);
 
 /* ---------- the worker (worker.c) ---------- */
 extern void FeWorkerSetup(void);
+
+/* ---------- waiting for runs (wait.c) ---------- */
+
+extern Size FeWaitShmemSize(void);
+extern void FeWaitShmemInit(void);
+extern void FeWaitSetup(void);
+extern void FeWaitNoteRun(pg_uuid_t *id);
+extern char *FeWaitRun(pg_uuid_t *id, int timeout_ms);
 extern void FeWorkerWakeAtCommit(void);
 extern PGDLLEXPORT void FeWorkerMain(Datum arg);
 

@@ -145,6 +145,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("flow_engine");
 
 	FeWorkerSetup();
+	FeWaitSetup();
 }
 
 /* s as a JSON string literal. */

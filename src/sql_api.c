@@ -150,20 +150,49 @@ fe_empty_object(void)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 }
 
-/* flow_execute(flow text, input jsonb, key text) -> flow_run_result */
+/* flow_execute(flow text, input jsonb, key text, session text) -> flow_run_result */
 Datum
 flow_execute(PG_FUNCTION_ARGS)
 {
 	char	   *flow;
 	Jsonb	   *input;
 	char	   *key = NULL;
+	char	   *session = NULL;
 
 	fe_require(fcinfo, 0, "flow");
 	flow = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	input = PG_ARGISNULL(1) ? fe_empty_object() : PG_GETARG_JSONB_P(1);
 	if (!PG_ARGISNULL(2))
 		key = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	PG_RETURN_DATUM(fe_run_datum(fcinfo, FeEngineExecute(flow, input, key)));
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+		session = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	PG_RETURN_DATUM(fe_run_datum(fcinfo, FeEngineExecute(flow, input, key, session)));
+}
+
+PG_FUNCTION_INFO_V1(flow_message);
+
+/* flow_message(run uuid, role text, content text, payload jsonb) -> integer */
+Datum
+flow_message(PG_FUNCTION_ARGS)
+{
+	fe_require(fcinfo, 0, "run");
+	fe_require(fcinfo, 1, "role");
+	fe_require(fcinfo, 2, "content");
+	PG_RETURN_INT32(FeEngineMessage(PG_GETARG_UUID_P(0),
+									text_to_cstring(PG_GETARG_TEXT_PP(1)),
+									text_to_cstring(PG_GETARG_TEXT_PP(2)),
+									PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3)));
+}
+
+PG_FUNCTION_INFO_V1(flow_wait_status);
+
+/* flow_wait_status(run uuid, timeout_ms integer) -> text */
+Datum
+flow_wait_status(PG_FUNCTION_ARGS)
+{
+	fe_require(fcinfo, 0, "run");
+	PG_RETURN_TEXT_P(cstring_to_text(FeWaitRun(PG_GETARG_UUID_P(0),
+											   PG_ARGISNULL(1) ? 30000 : PG_GETARG_INT32(1))));
 }
 
 /* flow_send(run uuid, event text, payload jsonb) -> flow_run_result */

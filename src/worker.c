@@ -19,9 +19,12 @@
  *	  5. reset the loop's memory context.
  *
  * Transactions and locks: never open across network I/O.  A claim marks
- * steps 'running' with a lease and attempts + 1; at start the worker
- * releases every running step (it is the only worker, so they are its
- * predecessor's), so a kill -9 re-sends them.  Results are recorded only
+ * steps 'running' with a lease and attempts + 1.  There are
+ * flow_engine.workers workers; each claims with SKIP LOCKED.  At its start
+ * a lone worker, or the first worker since shared memory was set up (a
+ * server start or crash restart), releases every running step, so a kill
+ * -9 re-sends them; a worker of several restarted alone leaves the others'
+ * steps and lets its own leases lapse.  Results are recorded only
  * if the step is still the one claimed (same attempt, still running):
  * nothing is recorded twice.  One poison result fails its run and never
  * the worker.
@@ -82,6 +85,7 @@ fe_shmem_request(void)
 	if (fe_prev_shmem_request)
 		fe_prev_shmem_request();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(FeShared)));
+	RequestAddinShmemSpace(MAXALIGN(FeWaitShmemSize()));
 }
 
 static void
@@ -99,6 +103,7 @@ fe_shmem_startup(void)
 		fe_shared->recovered = false;
 		memset(fe_shared->latch, 0, sizeof(fe_shared->latch));
 	}
+	FeWaitShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
 
