@@ -8,6 +8,45 @@ SET client_min_messages = error;
 \set ON_ERROR_STOP 1
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS flow_engine;
+CREATE EXTENSION IF NOT EXISTS dblink;
+
+-- A dblink connection string to this database.
+CREATE OR REPLACE FUNCTION pg_temp.connstr() RETURNS text LANGUAGE sql AS $$
+  SELECT format('host=%s port=%s dbname=%s user=%s',
+                split_part(current_setting('unix_socket_directories'), ',', 1),
+                current_setting('port'), current_database(), current_user)
+$$;
+
+-- Notifications a dblink listener has received, collected into fe_notes.
+CREATE TEMP TABLE IF NOT EXISTS fe_notes (n serial, payload jsonb);
+CREATE OR REPLACE FUNCTION pg_temp.collect() RETURNS void LANGUAGE sql AS $$
+  INSERT INTO fe_notes (payload) SELECT extra::jsonb FROM dblink_get_notify('listener') WHERE notify_name = 'flow_engine'
+$$;
+-- Wait, without sleeping blindly, until `want` notifications for run `r` have arrived (or 10 s pass).
+CREATE OR REPLACE FUNCTION pg_temp.wait_notes(r uuid, want int) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got int;
+BEGIN
+  LOOP
+    PERFORM pg_temp.collect();
+    SELECT count(*) INTO got FROM fe_notes WHERE payload->>'run' = r::text;
+    EXIT WHEN got >= want OR clock_timestamp() > deadline;
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+  RETURN got;
+END $$;
+-- Wait until `want` backends running a query LIKE `pattern` are blocked on a lock (or 10 s pass).
+CREATE OR REPLACE FUNCTION pg_temp.wait_blocked(want int, pattern text) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got int;
+BEGIN
+  LOOP
+    PERFORM pg_stat_clear_snapshot();  -- pg_stat_activity is otherwise frozen for the transaction
+    SELECT count(*) INTO got FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE pattern;
+    EXIT WHEN got >= want OR clock_timestamp() > deadline;
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+  RETURN got;
+END $$;
+
 
 -- The detail of the error a statement raises (NULL if it raises none).
 CREATE OR REPLACE FUNCTION pg_temp.error_detail(stmt text) RETURNS text LANGUAGE plpgsql AS $$

@@ -2,44 +2,7 @@
 -- sessions sending to one run.  This file commits, so it runs outside a
 -- transaction and uses flow names of its own.
 \i test/lib/prelude.sql
-CREATE EXTENSION IF NOT EXISTS dblink;
 SELECT plan(15);
-
-CREATE FUNCTION pg_temp.connstr() RETURNS text LANGUAGE sql AS $$
-  SELECT format('host=%s port=%s dbname=%s user=%s',
-                split_part(current_setting('unix_socket_directories'), ',', 1),
-                current_setting('port'), current_database(), current_user)
-$$;
-
--- Notifications a dblink listener has received, collected into fe_notes.
-CREATE TEMP TABLE fe_notes (n serial, payload jsonb);
-CREATE FUNCTION pg_temp.collect() RETURNS void LANGUAGE sql AS $$
-  INSERT INTO fe_notes (payload) SELECT extra::jsonb FROM dblink_get_notify('listener') WHERE notify_name = 'flow_engine'
-$$;
--- Wait, without sleeping blindly, until `want` notifications for run `r` have arrived (or 10 s pass).
-CREATE FUNCTION pg_temp.wait_notes(r uuid, want int) RETURNS int LANGUAGE plpgsql AS $$
-DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got int;
-BEGIN
-  LOOP
-    PERFORM pg_temp.collect();
-    SELECT count(*) INTO got FROM fe_notes WHERE payload->>'run' = r::text;
-    EXIT WHEN got >= want OR clock_timestamp() > deadline;
-    PERFORM pg_sleep(0.01);
-  END LOOP;
-  RETURN got;
-END $$;
--- Wait until `want` backends are blocked on a lock (or 10 s pass).
-CREATE FUNCTION pg_temp.wait_blocked(want int) RETURNS int LANGUAGE plpgsql AS $$
-DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got int;
-BEGIN
-  LOOP
-    PERFORM pg_stat_clear_snapshot();  -- pg_stat_activity is otherwise frozen for the transaction
-    SELECT count(*) INTO got FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%flow_send%';
-    EXIT WHEN got >= want OR clock_timestamp() > deadline;
-    PERFORM pg_sleep(0.01);
-  END LOOP;
-  RETURN got;
-END $$;
 
 SELECT dblink_connect('listener', pg_temp.connstr()) \gset
 SELECT dblink_exec('listener', 'LISTEN flow_engine') \gset
@@ -92,7 +55,7 @@ SELECT dblink_exec('holder', 'BEGIN') \gset
 SELECT x AS locked FROM dblink('holder', format('SELECT 1 FROM flow_runs WHERE id = %L FOR UPDATE', :'r')) AS t(x int) \gset
 SELECT dblink_send_query('a', format($$SELECT status FROM flow_send(%L, 'msg', '{"n": 1}')$$, :'r')) \gset
 SELECT dblink_send_query('b', format($$SELECT status FROM flow_send(%L, 'msg', '{"n": 2}')$$, :'r')) \gset
-SELECT is(pg_temp.wait_blocked(2), 2, 'both senders wait for the run''s row lock');
+SELECT is(pg_temp.wait_blocked(2, '%flow_send%'), 2, 'both senders wait for the run''s row lock');
 SELECT dblink_exec('holder', 'COMMIT') \gset
 SELECT is((SELECT status FROM dblink_get_result('a') AS t(status text)), 'waiting', 'the first sender completes');
 SELECT is((SELECT status FROM dblink_get_result('b') AS t(status text)), 'waiting', 'the second sender completes');

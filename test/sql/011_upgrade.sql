@@ -3,7 +3,7 @@
 -- transaction, so the installed extension is left as it was.
 \i test/lib/prelude.sql
 BEGIN;
-SELECT plan(14);
+SELECT plan(23);
 
 DROP EXTENSION flow_engine CASCADE;
 CREATE EXTENSION flow_engine VERSION '0.1.0';
@@ -30,10 +30,22 @@ SELECT has_table('flow_secrets');
 SELECT has_column('flow_run_steps', 'lease_until');
 SELECT has_column('flow_runs', 'timeout_at');
 SELECT has_function('flow_worker_wake');
+-- 0.2.0 -> 0.3.0: conversations and triggers
+SELECT has_column('flow_runs', 'session');
+SELECT has_column('flow_runs', 'handoff');
+SELECT has_table('flow_dead_letters');
+SELECT has_function('flow_process', ARRAY['text', 'text', 'text', 'jsonb']);
+SELECT has_function('flow_wait', ARRAY['uuid', 'integer', 'integer']);
+SELECT has_function('flow_signal', ARRAY['text', 'text', 'jsonb', 'text']);
+SELECT has_view('flow_recent_steps');
+SELECT is((SELECT count(*)::int FROM pg_proc WHERE proname = 'flow_execute'), 1,
+          'flow_execute has one signature after the update (the session argument was added)');
 SELECT set_config('fe.up', id::text, true) AS up FROM flow_execute('t_up') \gset
 SELECT is((flow_send(:'up', 'go')).status, 'completed', 'a flow defined under 0.1.0 runs after the update');
 SELECT ok(NOT has_table_privilege('public', 'flow_secrets', 'SELECT'), 'PUBLIC cannot read secrets');
 SELECT ok(NOT has_table_privilege('public', 'flow_providers', 'SELECT'), 'PUBLIC cannot read provider keys');
+SELECT is((flow_process('t_up', 'up-session', 'hello')).session, 'up-session',
+          'a flow defined under 0.1.0 serves a session after the update');
 
 SELECT * FROM finish();
 ROLLBACK;
