@@ -33,7 +33,7 @@ SELECT has_column('flow_run_steps', 'cost');
 -- callable unqualified with the default search_path
 SET LOCAL search_path = "$user", public;
 SELECT lives_ok($$SELECT * FROM flow_list()$$, 'flow_list() is callable unqualified');
-SELECT has_function('flow_execute', ARRAY['text', 'jsonb', 'text']);
+SELECT has_function('flow_execute', ARRAY['text', 'jsonb', 'text', 'text']);
 SELECT has_function('flow_send', ARRAY['uuid', 'text', 'jsonb']);
 SELECT has_function('flow_cancel', ARRAY['uuid']);
 

@@ -116,7 +116,7 @@ SELECT throws_ok($$SELECT flow_define(jsonb_set(jsonb_set(pg_temp.def('t_bad'), 
                  '22023', 'definition of flow "t_bad" is not valid', 'flow_define refuses an invalid definition');
 SELECT is(pg_temp.error_detail($$SELECT flow_define(jsonb_set(jsonb_set(pg_temp.def('t_bad'), '{states,start,actions,0,executor}', '"teleport"'),
                                                 '{finalStates}', '["done", "gone"]'))$$),
-          E'2 problems:\n$.states.start.actions[0].executor: Executor "teleport" is unknown; the executors are set, respond, sql, http, llm, nlu and tool.\n'
+          E'2 problems:\n$.states.start.actions[0].executor: Executor "teleport" is unknown; the executors are set, respond, sql, handoff, http, llm, nlu and tool.\n'
           '$.finalStates[1]: Final state "gone" is not a state of the flow.',
           'the detail lists every problem with its path');
 SELECT is_empty($$SELECT * FROM flow_names WHERE name = 't_bad'$$, 'nothing is stored for an invalid definition');
