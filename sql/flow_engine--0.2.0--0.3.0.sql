@@ -180,10 +180,18 @@ BEGIN
                       HINT = 'Give each intent to one flow.';
         END IF;
     END LOOP;
-    SELECT string_agg(format('%s (%s)', n.name, d.definition->'trigger'), ', ' ORDER BY n.name) INTO known
+    SELECT string_agg(format('%s (%s)', n.name,
+                             (SELECT string_agg(i, ', ')
+                                FROM jsonb_array_elements_text(CASE jsonb_typeof(t.intents)
+                                                                    WHEN 'array' THEN t.intents
+                                                                    ELSE jsonb_build_array(t.intents) END) i)),
+                      ', ' ORDER BY n.name) INTO known
       FROM flow_names n
       JOIN flow_definitions d ON d.name = n.name AND d.version = n.latest_version
-     WHERE d.definition ? 'trigger';
+     CROSS JOIN LATERAL (SELECT CASE jsonb_typeof(d.definition->'trigger')
+                                     WHEN 'object' THEN d.definition->'trigger'->'intent'
+                                     ELSE d.definition->'trigger' END AS intents) t
+     WHERE t.intents IS NOT NULL;
     RAISE EXCEPTION 'no flow is triggered by intent "%"', intent
         USING ERRCODE = 'undefined_object',
               DETAIL = CASE WHEN known IS NULL THEN 'No flow declares a trigger.'

@@ -10,30 +10,15 @@
 # can also be run alone against them: source test/lib/cluster.sh first).
 # Prints TAP; sets CRASH_PASSED and CRASH_FAILED.
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.sh"
 CRASH_PASSED=0
 CRASH_FAILED=0
-crash_n=0
 
-crash_ok() {  # crash_ok "description" command [args...]
-    local what=$1; shift
-    crash_n=$((crash_n + 1))
-    if "$@"; then
-        echo "ok $crash_n - $what"; CRASH_PASSED=$((CRASH_PASSED + 1))
-    else
-        echo "not ok $crash_n - $what"; CRASH_FAILED=$((CRASH_FAILED + 1))
-    fi
-}
+crash_ok() { tap_ok "$@"; }
 
 crash_q() { fe_psql -d "$FE_DATABASE" -Atqc "$1" 2>/dev/null; }
 
-# Retry command until it succeeds or $1 seconds pass.
-crash_until() {
-    local limit=$1 i=0; shift
-    until "$@"; do
-        i=$((i + 1)); [ $i -gt $((limit * 10)) ] && return 1
-        sleep 0.1
-    done
-}
+crash_until() { tap_until "$@"; }
 
 crash_is() { [ "$(crash_q "$1")" = "$2" ]; }              # query result equals
 crash_runs() { echo "SELECT count(*) FROM flow_runs r WHERE r.flow = 't_crash' AND r.context->>'tag' = '$1'"; }
@@ -122,7 +107,7 @@ crash_two_workers() {
 }
 
 crash_run() {
-    echo "# crash safety"
+    tap_plan "crash safety"
     crash_q "SELECT flow_define(format(\$\$
       {\"id\": \"t_crash\", \"initialState\": \"call\", \"finalStates\": [\"done\", \"bad\"],
        \"states\": {\"call\": {\"actions\": [{\"executor\": \"http\", \"output\": \"resp\",
@@ -140,5 +125,6 @@ crash_run() {
     crash_scenario kill9 crash_kill_worker
     crash_scenario immediate crash_restart_immediate
     crash_two_workers
-    echo "1..$crash_n"
+    tap_done
+    CRASH_PASSED=$TAP_PASSED CRASH_FAILED=$TAP_FAILED
 }

@@ -4,7 +4,7 @@
 -- worker and a second session must see its runs), so its flows have names
 -- of their own.
 \i test/lib/prelude.sql
-SELECT plan(67);
+SELECT plan(72);
 
 -- a clean slate if an earlier run of this file was interrupted
 CREATE TEMP TABLE old_runs AS SELECT id FROM flow_runs WHERE flow LIKE 't_conv_%';
@@ -15,7 +15,7 @@ DELETE FROM flow_runs WHERE id IN (SELECT id FROM old_runs);
 
 -- seed 002's support call: elicit the issue, decide, check a status tool, resolve or transfer
 SELECT flow_define(format($$
-{"id": "t_conv_support", "trigger": ["support", "help"], "initialState": "start", "finalStates": ["resolved", "closed"],
+{"id": "t_conv_support", "trigger": ["t_support", "t_help"], "initialState": "start", "finalStates": ["resolved", "closed"],
  "states": {
    "start": {"transitions": {"user_message": "ask_issue"}},
    "ask_issue": {
@@ -138,10 +138,23 @@ SELECT ok((SELECT count(*) FROM flow_recent_steps WHERE run_id = :'r1' AND execu
 SELECT is((SELECT session FROM flow_active_runs WHERE id = :'r2'), 'conv:+4411', 'flow_active_runs shows the session');
 
 -- 8. routing by intent
-SELECT is((flow_route('help', 'conv:+4433', 'hi', '{"name": "Eve"}')).flow, 't_conv_support', 'a turn is routed to the flow whose trigger has the intent');
+SELECT is((flow_route('t_help', 'conv:+4433', 'hi', '{"name": "Eve"}')).flow, 't_conv_support', 'a turn is routed to the flow whose trigger has the intent');
 SELECT is((flow_route('weather', 'conv:+4433', 'technical')).flow, 't_conv_support', 'a session with an active run keeps it, whatever the intent');
 SELECT is((flow_route('weather', 'conv:+4444', 'is it sunny?')).responses, '{"Sorry, I can only help with support."}',
           'an intent no flow declares goes to the "*" flow');
+
+SELECT flow_define('{"id": "t_conv_dup", "trigger": {"intent": "t_help"}, "initialState": "s", "finalStates": ["s"], "states": {"s": {}}}') \gset
+SELECT throws_ok($$SELECT flow_route('t_help', 'conv:+4488', 'hi')$$, '21000', 'intent "t_help" is the trigger of 2 flows: t_conv_dup, t_conv_support',
+  'an intent two flows claim is refused, naming both');
+SELECT flow_define('{"id": "t_conv_dup", "initialState": "s", "finalStates": ["s"], "states": {"s": {}}}') \gset
+SELECT is(flow_for_intent('t_help'), 't_conv_support', 'only the latest version of a flow counts');
+
+SELECT flow_define('{"id": "t_conv_fallback", "initialState": "s", "finalStates": ["s"], "states": {"s": {}}}') \gset
+SELECT throws_ok($$SELECT flow_route('t_weather', 'conv:+4499', 'hi')$$, '42704', 'no flow is triggered by intent "t_weather"',
+  'with no "*" flow, an unknown intent is refused');
+SELECT ok(pg_temp.error_detail($$SELECT flow_route('t_weather', 'conv:+4499', 'hi')$$) LIKE 'Flows with a trigger: %t_conv_support (t_support, t_help).',
+  'and the detail lists the flows that have triggers');
+SELECT is((SELECT count(*)::int FROM flow_runs WHERE session = 'conv:+4499'), 0, 'and no run is started');
 
 -- 9. bad input
 SELECT throws_ok($$SELECT flow_process('t_conv_nope', 'conv:+4455', 'hi')$$, '42704', NULL, 'a turn for an unknown flow is refused');
