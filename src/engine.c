@@ -1197,6 +1197,32 @@ typedef struct FeSendArg
 	char	   *payload;
 } FeSendArg;
 
+/*
+ * Record an external event the run does not take now: queued in its
+ * inbox, or kept as rejected with the state that did not take it.
+ */
+static void
+fe_keep_event(FeExec *x, const char *event, char *payload, bool queue)
+{
+	FeEventRow *e = palloc0(sizeof(FeEventRow));
+
+	e->seq = ++x->row.event_seq;
+	e->event = pstrdup(event);
+	e->source = "external";
+	e->payload = payload;
+	x->events = lappend(x->events, e);
+	if (queue)
+	{
+		e->status = "queued";
+		x->row.queued_events++;
+	}
+	else
+	{
+		e->status = "rejected";
+		e->from_state = x->row.state;
+	}
+}
+
 static void
 fe_body_send(FeExec *x, void *arg)
 {
@@ -1210,15 +1236,20 @@ static void
 fe_body_queue(FeExec *x, void *arg)
 {
 	FeSendArg  *a = (FeSendArg *) arg;
-	FeEventRow *e = palloc0(sizeof(FeEventRow));
 
-	e->seq = ++x->row.event_seq;
-	e->event = pstrdup(a->event);
-	e->source = "external";
-	e->payload = a->payload;
-	e->status = "queued";
-	x->events = lappend(x->events, e);
-	x->row.queued_events++;
+	fe_keep_event(x, a->event, a->payload, true);
+}
+
+/* Does some state of the flow take `event` from outside? */
+static bool
+fe_flow_accepts(FeFlow *flow, const char *event)
+{
+	int			i;
+
+	for (i = 0; i < flow->nstates; i++)
+		if (fe_accepts(&flow->states[i], event))
+			return true;
+	return false;
 }
 
 /* flow_send: deliver an event, or queue it while the run is busy. */
@@ -1230,8 +1261,6 @@ FeEngineSend(pg_uuid_t *id, const char *event, Jsonb *payload)
 	FeExec		x;
 	FeSendArg	a;
 	FeState    *st;
-	int			i;
-	bool		known = false;
 
 	fe_lock(id, &row);
 	if (fe_status_finished(row.status))
@@ -1264,9 +1293,7 @@ FeEngineSend(pg_uuid_t *id, const char *event, Jsonb *payload)
 	}
 
 	/* busy: queue it, as long as some state of the flow could take it */
-	for (i = 0; i < flow->nstates && !known; i++)
-		known = fe_accepts(&flow->states[i], event);
-	if (!known)
+	if (!fe_flow_accepts(flow, event))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("flow \"%s\" has no state that accepts event \"%s\"", flow->name, event),
@@ -1289,7 +1316,6 @@ static void
 fe_body_message(FeExec *x, void *arg)
 {
 	FeMessageArg *a = (FeMessageArg *) arg;
-	FeEventRow *e;
 
 	a->seq = fe_say(x, a->role, a->content)->seq;
 	if (a->mode == 'd')
@@ -1298,23 +1324,7 @@ fe_body_message(FeExec *x, void *arg)
 		fe_run(x);
 		return;
 	}
-	e = palloc0(sizeof(FeEventRow));
-	e->seq = ++x->row.event_seq;
-	e->event = pstrdup(a->event);
-	e->source = "external";
-	e->payload = a->payload;
-	x->events = lappend(x->events, e);
-	if (a->mode == 'q')
-	{
-		e->status = "queued";
-		x->row.queued_events++;
-	}
-	else
-	{
-		/* kept, with the state that did not take it */
-		e->status = "rejected";
-		e->from_state = x->row.state;
-	}
+	fe_keep_event(x, a->event, a->payload, a->mode == 'q');
 }
 
 /*
@@ -1330,7 +1340,6 @@ FeEngineMessage(pg_uuid_t *id, const char *role, const char *content, Jsonb *pay
 	FeFlow	   *flow;
 	FeExec		x;
 	FeMessageArg a = {0};
-	int			i;
 
 	if (strcmp(role, "user") != 0 && strcmp(role, "human") != 0)
 		ereport(ERROR,
@@ -1357,10 +1366,8 @@ FeEngineMessage(pg_uuid_t *id, const char *role, const char *content, Jsonb *pay
 		if (fe_accepts(&flow->states[x.state], a.event))
 			a.mode = 'd';
 	}
-	else
-		for (i = 0; i < flow->nstates && a.mode == 'r'; i++)
-			if (fe_accepts(&flow->states[i], a.event))
-				a.mode = 'q';
+	else if (fe_flow_accepts(flow, a.event))
+		a.mode = 'q';
 	(void) fe_call(&x, fe_body_message, &a);
 	return a.seq;
 }
