@@ -1,6 +1,6 @@
 # flow_engine — PGXS build.
 EXTENSION    = flow_engine
-EXTVERSION   = 0.3.0
+EXTVERSION   = 0.4.0
 MODULE_big   = flow_engine
 OBJS         = src/module.o src/definition.o src/expr.o src/engine.o \
                src/catalog.o src/schema.o src/worker.o src/http.o src/wait.o \
@@ -24,6 +24,9 @@ override with_llvm = no
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Every object depends on the headers and on the version set here.
+$(OBJS): $(wildcard src/*.h) Makefile
 
 # One version everywhere: the Makefile, the control file and META.json.
 .PHONY: versioncheck

@@ -3,7 +3,7 @@
 -- transaction, so the installed extension is left as it was.
 \i test/lib/prelude.sql
 BEGIN;
-SELECT plan(23);
+SELECT plan(24);
 
 DROP EXTENSION flow_engine CASCADE;
 CREATE EXTENSION flow_engine VERSION '0.1.0';
@@ -46,6 +46,9 @@ SELECT ok(NOT has_table_privilege('public', 'flow_secrets', 'SELECT'), 'PUBLIC c
 SELECT ok(NOT has_table_privilege('public', 'flow_providers', 'SELECT'), 'PUBLIC cannot read provider keys');
 SELECT is((flow_process('t_up', 'up-session', 'hello')).session, 'up-session',
           'a flow defined under 0.1.0 serves a session after the update');
+-- 0.3.0 -> 0.4.0: a conversation's run is keyed by its session
+SELECT is((SELECT key FROM flow_runs WHERE session = 'up-session'), 'up-session',
+          'after the update, a session''s run has the session as its key');
 
 SELECT * FROM finish();
 ROLLBACK;
