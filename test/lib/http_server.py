@@ -16,6 +16,11 @@ Endpoints
   /huge/<bytes>           200 with a body of <bytes> bytes
   /hang                   never answers within any test timeout (60 s)
   /nlu                    classifier: {"intent", "confidence", "entities"}
+                          (pizza: order_food; parcel/courier/package: book_parcel;
+                          agent/human: talk_to_agent; else unknown at 0.3)
+  /route/v1/driving/<lng>,<lat>;<lng>,<lat>
+                          OSRM-shaped route: {"code": "Ok", "routes": [{"distance" (m),
+                          "duration" (s)}]}: great-circle distance x 1.3 at 20 km/h
   /llm/<mode>/chat/completions   OpenAI-compatible chat; <mode>:
         ok        answers (JSON content when response_format asks for it)
         500       HTTP 500
@@ -24,6 +29,7 @@ Endpoints
         slow      like ok after 2 s
 """
 import json
+import math
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,13 +108,35 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {})
         if head == "nlu":
             text = (body or {}).get("text", "") if isinstance(body, dict) else ""
-            if "pizza" in text:
+            low = text.lower()
+            if "pizza" in low:
                 return self._send(200, {"intent": "order_food", "confidence": 0.92,
                                         "entities": {"dish": "pizza"}})
+            if any(w in low for w in ("parcel", "courier", "package")):
+                entities = {"category": "documents"} if "document" in low else {}
+                return self._send(200, {"intent": "book_parcel", "confidence": 0.95,
+                                        "entities": entities})
+            if "agent" in low or "human" in low:
+                return self._send(200, {"intent": "talk_to_agent", "confidence": 0.9,
+                                        "entities": {}})
             return self._send(200, {"intent": "unknown", "confidence": 0.3, "entities": {}})
+        if head == "route" and len(parts) == 4:
+            return self._route(parts[3])
         if head == "llm":
             return self._llm(parts[1] if len(parts) > 1 else "ok", body)
         return self._send(404, {"error": "no such endpoint", "path": path})
+
+    def _route(self, coords):
+        try:
+            (lng1, lat1), (lng2, lat2) = [map(float, c.split(",")) for c in coords.split(";")]
+        except ValueError:
+            return self._send(400, {"code": "InvalidQuery", "message": "Query string malformed"})
+        p1, p2 = math.radians(lat1), math.radians(lat2)
+        a = (math.sin((p2 - p1) / 2) ** 2
+             + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lng2 - lng1) / 2) ** 2)
+        metres = round(2 * 6371000 * math.asin(math.sqrt(a)) * 1.3)
+        return self._send(200, {"code": "Ok", "routes": [{"distance": metres,
+                                                          "duration": round(metres / (20000 / 3600))}]})
 
     def _llm(self, mode, body):
         if mode == "500":

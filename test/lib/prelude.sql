@@ -93,3 +93,32 @@ EXCEPTION WHEN OTHERS THEN
   GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT;
   RETURN h;
 END $$;
+
+-- A clean slate: forget every run of the flows whose name is LIKE `pattern`
+-- (an earlier, interrupted run of a test file may have left some).
+CREATE OR REPLACE FUNCTION pg_temp.forget_runs(pattern text) RETURNS void LANGUAGE sql AS $$
+  DELETE FROM flow_run_steps WHERE run_id IN (SELECT id FROM flow_runs WHERE flow LIKE pattern);
+  DELETE FROM flow_events WHERE run_id IN (SELECT id FROM flow_runs WHERE flow LIKE pattern);
+  DELETE FROM flow_messages WHERE run_id IN (SELECT id FROM flow_runs WHERE flow LIKE pattern);
+  DELETE FROM flow_runs WHERE flow LIKE pattern;
+$$;
+
+-- One user turn of a conversation that may need the worker: flow_process,
+-- commit, and when the run is busy, flow_wait (woken by the worker's
+-- commit, not polling).  `reply` is the turn's replies joined with " | ",
+-- `state` is "state/status" after it, `first` the status flow_process gave.
+CREATE OR REPLACE PROCEDURE pg_temp.turn(flow text, session text, input text,
+                                         INOUT reply text DEFAULT NULL, INOUT state text DEFAULT NULL,
+                                         INOUT first text DEFAULT NULL, vars jsonb DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE t flow_turn;
+BEGIN
+  t := flow_process(flow, session, input, vars);
+  first := t.status;
+  COMMIT;
+  IF t.status = 'running' THEN
+    t := flow_wait(t.run, 20000);
+  END IF;
+  reply := array_to_string(t.responses, ' | ');
+  state := t.state || '/' || t.status;
+END $$;

@@ -7,11 +7,7 @@
 SELECT plan(72);
 
 -- a clean slate if an earlier run of this file was interrupted
-CREATE TEMP TABLE old_runs AS SELECT id FROM flow_runs WHERE flow LIKE 't_conv_%';
-DELETE FROM flow_run_steps WHERE run_id IN (SELECT id FROM old_runs);
-DELETE FROM flow_events WHERE run_id IN (SELECT id FROM old_runs);
-DELETE FROM flow_messages WHERE run_id IN (SELECT id FROM old_runs);
-DELETE FROM flow_runs WHERE id IN (SELECT id FROM old_runs);
+SELECT pg_temp.forget_runs('t_conv_%') \g /dev/null
 
 -- seed 002's support call: elicit the issue, decide, check a status tool, resolve or transfer
 SELECT flow_define(format($$

@@ -8,11 +8,7 @@ SELECT plan(25);
 -- a clean slate if an earlier run of this file was interrupted
 DROP TABLE IF EXISTS t_trg_orders, t_trg_payments;
 DROP FUNCTION IF EXISTS t_trg_confirm(jsonb);
-CREATE TEMP TABLE old_runs AS SELECT id FROM flow_runs WHERE flow = 't_trg_order';
-DELETE FROM flow_run_steps WHERE run_id IN (SELECT id FROM old_runs);
-DELETE FROM flow_events WHERE run_id IN (SELECT id FROM old_runs);
-DELETE FROM flow_messages WHERE run_id IN (SELECT id FROM old_runs);
-DELETE FROM flow_runs WHERE id IN (SELECT id FROM old_runs);
+SELECT pg_temp.forget_runs('t_trg_order') \g /dev/null
 DELETE FROM flow_dead_letters WHERE key IN ('4', '99');
 
 CREATE TABLE t_trg_orders (id int PRIMARY KEY, customer text NOT NULL, total numeric NOT NULL,
