@@ -27,9 +27,17 @@ Endpoints
         badbody   200 with a body that is not JSON
         badschema JSON content missing a required property
         slow      like ok after 2 s
+        article   an article pipeline's model: without response_format it
+                  extracts the first sentences of the text after the
+                  prompt's first blank line; with one, it answers {"title",
+                  "summary", "key_points"} from them (key_points is a string,
+                  breaking the schema, when the text says BREAK-SCHEMA).
+                  Usage counts words: prompt_tokens in the messages,
+                  completion_tokens in the answer.
 """
 import json
 import math
+import re
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -138,6 +146,31 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, {"code": "Ok", "routes": [{"distance": metres,
                                                           "duration": round(metres / (20000 / 3600))}]})
 
+    @staticmethod
+    def _sentences(text):
+        return [x.strip() + "." for x in re.split(r"[.!?]\s+", text.strip().rstrip(".")) if x.strip()]
+
+    def _article(self, body):
+        messages = body.get("messages") or []
+        prompt = messages[-1].get("content", "") if messages else ""
+        text = " ".join(prompt.split("\n\n", 1)[-1].split())
+        sentences = self._sentences(text)
+        if body.get("response_format"):
+            words = sentences[0].rstrip(".").split() if sentences else []
+            points = sentences[:3]
+            content = json.dumps({"title": " ".join(words[:6]).title(),
+                                  "summary": " ".join(sentences[:2]),
+                                  "key_points": "; ".join(points) if "BREAK-SCHEMA" in text else points})
+        else:
+            content = " ".join(sentences[:4])
+        words_in = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return self._send(200, {
+            "id": "chatcmpl-article", "object": "chat.completion", "model": body.get("model", "test"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": words_in, "completion_tokens": len(content.split()),
+                      "total_tokens": words_in + len(content.split())}})
+
     def _llm(self, mode, body):
         if mode == "500":
             return self._send(500, {"error": {"message": "provider down"}})
@@ -146,6 +179,8 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(2)
         body = body if isinstance(body, dict) else {}
+        if mode == "article":
+            return self._article(body)
         messages = body.get("messages") or []
         last = messages[-1].get("content", "") if messages else ""
         system = " ".join(m.get("content", "") for m in messages if m.get("role") == "system")
