@@ -663,7 +663,7 @@ fe_elicit(FeExec *x, FeState *st, int inbox_seq)
 	if (r.truth)
 	{
 		if (!FeExprAssignJson(el->variable, answer, &err) ||
-			!FeExprAssignJson("_elicit", "null", &err))
+			!FeExprAssignJson("_elicit", NULL, &err))
 		{
 			(void) fe_route_error(x, fe_error_json(x, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
 												   psprintf("could not store the answer in variable \"%s\"", el->variable),
@@ -691,7 +691,7 @@ fe_elicit(FeExec *x, FeState *st, int inbox_seq)
 			x->finished = true;
 		return;
 	}
-	(void) FeExprAssignJson("_elicit", "null", &err);
+	(void) FeExprAssignJson("_elicit", NULL, &err);
 	x->payload = psprintf("{\"variable\": %s, \"attempts\": %d, \"answer\": %s}",
 						  FeJsonQuote(el->variable), attempts, answer);
 	FeExprScopeSetEvent(x->payload);

@@ -819,13 +819,18 @@ fe_assign_json(duk_context *ctx, void *udata)
 
 	fe_push_scope(ctx);
 	duk_get_prop_string(ctx, -1, "ctx");
+	if (a->json == NULL)
+	{
+		duk_del_prop_string(ctx, -1, a->name);
+		return 0;
+	}
 	duk_push_string(ctx, a->json);
 	duk_json_decode(ctx, -1);
 	duk_put_prop_string(ctx, -2, a->name);
 	return 0;
 }
 
-/* Assign a JSON value (text) to context variable `name`. */
+/* Assign a JSON value (text) to context variable `name`; NULL removes it. */
 bool
 FeExprAssignJson(const char *name, const char *json, char **error)
 {

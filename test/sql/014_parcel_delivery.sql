@@ -11,6 +11,9 @@ SELECT plan(41);
 SELECT pg_temp.forget_runs('parcel_delivery') \g /dev/null
 DROP TABLE IF EXISTS parcel_bookings, parcel_riders, parcel_rates, parcel_places CASCADE;
 DROP SEQUENCE IF EXISTS parcel_booking_seq;
+-- no LLM provider: a low-confidence classification is kept (below_threshold)
+-- rather than handed to an LLM, whatever earlier test files configured
+DELETE FROM flow_providers;
 SELECT current_setting('fe_test.http') AS parcel_svc \gset
 \i examples/parcel_delivery/tools.sql
 \set parcel_flow `cat examples/parcel_delivery/flow.json`

@@ -4,7 +4,7 @@
 -- (an http tool the worker sends), then resolve or transfer to a human.
 -- test/chat.sh drives the same flow through the Node.js client.
 \i test/lib/prelude.sql
-SELECT plan(20);
+SELECT plan(21);
 
 SELECT pg_temp.forget_runs('support_call') \g /dev/null
 SELECT current_setting('fe_test.http') || '/slow/50' AS status_url \gset
@@ -25,6 +25,8 @@ SELECT is(:'reply'::text,
   'flow_wait returns both replies of the turn');
 SELECT is((SELECT context->>'issueCategory' FROM flow_runs WHERE session = 'call:+15550001'), 'Technical, the internet is down',
   'the answer is stored in issueCategory');
+SELECT ok(NOT (SELECT variables ? '_elicit' FROM flow_session('call:+15550001')),
+  'the attempt counter of the answered question is gone from the variables');
 SELECT is((SELECT j->>'path' FROM pg_temp.http_log() j, flow_runs r
             WHERE r.session = 'call:+15550001' AND j->'headers'->>'idempotency-key' LIKE r.id || '-%'), '/slow/50',
   'the status tool was called once');
