@@ -8,9 +8,8 @@
 # settings, interleaved, so the ratio survives a noisy machine.
 #   FE_BENCH_SECONDS  seconds per measurement (default 15)
 source "$(dirname "$0")/../test/lib/cluster.sh"
+source "$(dirname "$0")/lib.sh"
 cd "$FE_ROOT"
-SECS=${FE_BENCH_SECONDS:-15}
-OUT="$FE_ROOT/bench/out"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.log*
 
@@ -19,22 +18,12 @@ fe_build
 fe_cluster_start
 fe_psql -q -d postgres -f bench/engine.sql >/dev/null
 
-run() {  # name clients script -> prints tps
-    local name=$1 clients=$2 script=$3
-    "$PGBIN/pgbench" -n -h "$FE_CLUSTER" -p "$FE_PORT" -U postgres -c "$clients" -j "$(( clients < 2 ? 1 : 2 ))" \
-        -T "$SECS" -f "$script" -l --log-prefix="$OUT/$name" postgres 2>/dev/null \
-        | sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
-}
-p50_ms() {  # median latency (ms) from pgbench logs
-    cat "$OUT/$1".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'
-}
-
 printf '| clients | (a) flow_execute steps/s | (b) naive SQL steps/s | ratio (a)/(b) | p50 latency of (a) |\n'
 printf '|---|---|---|---|---|\n'
 for c in 1 8; do
-    ta=$(run "a_c$c" "$c" bench/a_flow_execute.pgbench)
-    tb=$(run "b_c$c" "$c" bench/b_naive_sql.pgbench)
-    awk -v c="$c" -v a="$ta" -v b="$tb" -v p="$(p50_ms "a_c$c")" \
+    ta=$(bench_run "a_c$c" "$c" bench/a_flow_execute.pgbench)
+    tb=$(bench_run "b_c$c" "$c" bench/b_naive_sql.pgbench)
+    awk -v c="$c" -v a="$ta" -v b="$tb" -v p="$(bench_p50_ms "a_c$c")" \
         'BEGIN { printf "| %d | %.0f | %.0f | %.2f | %s ms |\n", c, a*10, b*10, a/b, p }'
 done
 fe_psql -d postgres -Atc "SELECT 'check: ' || count(*) FILTER (WHERE status = 'completed') || ' runs completed, ' || count(*) FILTER (WHERE status <> 'completed') || ' not' FROM flow_runs"
