@@ -1,5 +1,6 @@
-# Shared by bench/run.sh and bench/turns.sh: pgbench runs with per-
-# transaction logs in bench/out, and the median latency from those logs.
+# Shared by bench/run.sh and bench/turns.sh: the setup (build, throwaway
+# cluster, setup SQL), pgbench runs with per-transaction logs in bench/out,
+# and the median latency from those logs.
 OUT="$FE_ROOT/bench/out"
 SECS=${FE_BENCH_SECONDS:-15}
 
@@ -12,4 +13,11 @@ bench_run() {  # name clients script -> prints tps
 }
 bench_p50_ms() {  # median latency (ms) of a run, from its pgbench logs
     cat "$OUT/$1".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'
+}
+bench_setup() {  # sql-file: install, build, start a throwaway cluster, load the setup
+    mkdir -p "$OUT"
+    fe_install_deps
+    fe_build
+    fe_cluster_start
+    fe_psql -q -d postgres -f "$1" >/dev/null
 }

@@ -10,13 +10,7 @@
 source "$(dirname "$0")/../test/lib/cluster.sh"
 source "$(dirname "$0")/lib.sh"
 cd "$FE_ROOT"
-mkdir -p "$OUT"
-rm -f "$OUT"/*.log*
-
-fe_install_deps
-fe_build
-fe_cluster_start
-fe_psql -q -d postgres -f bench/engine.sql >/dev/null
+bench_setup bench/engine.sql
 
 printf '| clients | (a) flow_execute steps/s | (b) naive SQL steps/s | ratio (a)/(b) | p50 latency of (a) |\n'
 printf '|---|---|---|---|---|\n'

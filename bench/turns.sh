@@ -13,12 +13,7 @@
 source "$(dirname "$0")/../test/lib/cluster.sh"
 source "$(dirname "$0")/lib.sh"
 cd "$FE_ROOT"
-mkdir -p "$OUT"
-
-fe_install_deps
-fe_build
-fe_cluster_start
-fe_psql -q -d postgres -f bench/turns.sql >/dev/null
+bench_setup bench/turns.sql
 
 printf '| clients | (c) flow_process turns/s | (d) app bookkeeping turns/s | ratio (c)/(d) | p50 of (c) | p50 of (d) |\n'
 printf '|---|---|---|---|---|---|\n'
