@@ -32,14 +32,17 @@ CREATE TABLE IF NOT EXISTS parcel_bookings (
     rider          text REFERENCES parcel_riders,
     created_at     timestamptz NOT NULL DEFAULT now());
 
+-- The known place an address names (the longest name it contains), or NULL.
+CREATE OR REPLACE FUNCTION parcel_place(address text) RETURNS parcel_places LANGUAGE sql STABLE AS $$
+  SELECT * FROM parcel_places WHERE address ILIKE '%' || name || '%' ORDER BY length(name) DESC LIMIT 1
+$$;
+
 -- Both addresses to places, or {"event": "unknown_address"} naming the first unknown one.
 CREATE OR REPLACE FUNCTION parcel_geocode(a jsonb) RETURNS jsonb LANGUAGE sql STABLE AS $$
   WITH q(which, address, ord) AS (VALUES ('pickup', a->>'pickup', 1), ('drop', a->>'drop', 2)),
        hit AS (SELECT q.which, q.address, q.ord,
-                      (SELECT jsonb_build_object('name', p.name, 'lat', p.lat, 'lng', p.lng)
-                         FROM parcel_places p WHERE q.address ILIKE '%' || p.name || '%'
-                        ORDER BY length(p.name) DESC LIMIT 1) AS place
-                 FROM q)
+                      CASE WHEN p.name IS NOT NULL THEN jsonb_build_object('name', p.name, 'lat', p.lat, 'lng', p.lng) END AS place
+                 FROM q, parcel_place(q.address) p)
   SELECT coalesce(
     (SELECT jsonb_build_object('event', 'unknown_address', 'which', which, 'address', address)
        FROM hit WHERE place IS NULL ORDER BY ord LIMIT 1),
@@ -74,7 +77,7 @@ BEGIN
   IF NOT FOUND OR b.payment_status <> 'captured' THEN
     RAISE EXCEPTION 'booking % is not paid', a->>'booking_id' USING ERRCODE = 'object_not_in_prerequisite_state';
   END IF;
-  SELECT * INTO p FROM parcel_places WHERE b.pickup ILIKE '%' || name || '%' ORDER BY length(name) DESC LIMIT 1;
+  p := parcel_place(b.pickup);
   SELECT * INTO r FROM parcel_riders WHERE NOT busy
    ORDER BY power(lat - p.lat, 2) + power(lng - p.lng, 2), name LIMIT 1 FOR UPDATE;
   IF NOT FOUND THEN
